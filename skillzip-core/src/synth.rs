@@ -1,0 +1,142 @@
+//! The deterministic built-in case: synthetic skill deltas and activations with the structure
+//! real ones have (DESIGN.md §4 end): deltas with a power-law spectrum and energy beyond any
+//! practical rank, a component shared by all skills, and activations with stable outlier
+//! channels and correlated features, split into disjoint calibration / selection / held-out
+//! sets. Real deltas replace it once checkpoints can be read.
+
+use faer::Mat;
+use rand::RngExt;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::{SeededRng, seeded_rng};
+
+/// A `rows × cols` matrix of independent standard normals.
+pub fn gaussian(rows: usize, cols: usize, rng: &mut SeededRng) -> Mat<f32> {
+    Mat::from_fn(rows, cols, |_, _| {
+        let v: f64 = StandardNormal.sample(rng);
+        v as f32
+    })
+}
+
+/// An orthonormal `n × k` basis (`k ≤ n`): the Q of a Gaussian's QR.
+pub fn orthonormal(n: usize, k: usize, rng: &mut SeededRng) -> Mat<f32> {
+    gaussian(n, k, rng).qr().compute_thin_Q()
+}
+
+/// `U·diag(σ)·Vᵀ` of shape `c_in × c_out` with `σ_i = scale · (i+1)^(-decay)` for
+/// `i < min(c_in, c_out)` and random orthonormal `U`, `V`: a spectrum that decays like a
+/// power law, so energy remains beyond any truncation rank.
+pub fn power_law_matrix(c_in: usize, c_out: usize, decay: f64, scale: f64, seed: u64) -> Mat<f32> {
+    let mut rng = seeded_rng(seed);
+    let k = c_in.min(c_out);
+    let u = orthonormal(c_in, k, &mut rng);
+    let v = orthonormal(c_out, k, &mut rng);
+    let us = Mat::from_fn(c_in, k, |i, j| {
+        u[(i, j)] * (scale * ((j + 1) as f64).powf(-decay)) as f32
+    });
+    us * v.transpose()
+}
+
+/// Activations `T × C_i` with correlated features (a Gaussian through a random mixing matrix
+/// of `latent` dimensions plus independent noise), per-channel magnitudes that vary smoothly
+/// over a decade, and a fixed set of outlier channels scaled by `outlier_gain`, the same for
+/// every token (stable, as in real LLM activations).
+#[derive(Debug, Clone)]
+pub struct ActivationModel {
+    mixing: Mat<f32>,
+    channel_gain: Vec<f32>,
+}
+
+impl ActivationModel {
+    /// A model for `c_in` channels; `outliers` channels (chosen by `seed`) get `outlier_gain`.
+    pub fn new(c_in: usize, latent: usize, outliers: usize, outlier_gain: f32, seed: u64) -> Self {
+        let mut rng = seeded_rng(seed);
+        let mixing = gaussian(latent, c_in, &mut rng);
+        let mut channel_gain: Vec<f32> = (0..c_in)
+            .map(|_| 10f32.powf(rng.random::<f32>() - 0.5))
+            .collect();
+        let mut chosen = 0;
+        while chosen < outliers.min(c_in) {
+            let i = rng.random_range(0..c_in);
+            if channel_gain[i] < outlier_gain {
+                channel_gain[i] = outlier_gain;
+                chosen += 1;
+            }
+        }
+        let norm = 1.0 / (latent as f32).sqrt();
+        Self {
+            mixing: Mat::from_fn(latent, c_in, |l, i| mixing[(l, i)] * norm),
+            channel_gain,
+        }
+    }
+
+    /// `tokens` rows drawn with `seed`.
+    pub fn sample(&self, tokens: usize, seed: u64) -> Mat<f32> {
+        let mut rng = seeded_rng(seed);
+        let latent = gaussian(tokens, self.mixing.nrows(), &mut rng);
+        let noise = gaussian(tokens, self.mixing.ncols(), &mut rng);
+        let mixed = latent * &self.mixing;
+        Mat::from_fn(tokens, self.mixing.ncols(), |t, i| {
+            (mixed[(t, i)] + 0.3 * noise[(t, i)]) * self.channel_gain[i]
+        })
+    }
+
+    /// The per-channel gains (outlier channels have the largest).
+    pub fn channel_gain(&self) -> &[f32] {
+        &self.channel_gain
+    }
+}
+
+/// Disjoint activation splits (DESIGN.md §4.7): smoothing statistics and Hessians come from
+/// `calibration`, α and rotation choices from `selection`, reported errors from `heldout`.
+/// Each split is drawn from its own seed stream, so no row is shared.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    /// Calibration rows.
+    pub calibration: Mat<f32>,
+    /// Selection rows.
+    pub selection: Mat<f32>,
+    /// Held-out rows.
+    pub heldout: Mat<f32>,
+}
+
+impl Splits {
+    /// Draws the three splits from `model` with sizes `(calibration, selection, heldout)`.
+    pub fn draw(model: &ActivationModel, sizes: (usize, usize, usize), seed: u64) -> Self {
+        Self {
+            calibration: model.sample(sizes.0, seed.wrapping_mul(3).wrapping_add(1)),
+            selection: model.sample(sizes.1, seed.wrapping_mul(3).wrapping_add(2)),
+            heldout: model.sample(sizes.2, seed.wrapping_mul(3).wrapping_add(3)),
+        }
+    }
+}
+
+/// The built-in multi-skill case: `skills` deltas `Δ_k = S + E_k` sharing a power-law
+/// component `S`, each with its own power-law part `E_k`.
+#[derive(Debug, Clone)]
+pub struct SkillDeltas {
+    /// One delta per skill, `c_in × c_out`.
+    pub deltas: Vec<Mat<f32>>,
+}
+
+impl SkillDeltas {
+    /// Deterministic deltas for `skills` skills. `shared_weight` sets the share of `S`.
+    pub fn generate(
+        c_in: usize,
+        c_out: usize,
+        skills: usize,
+        decay: f64,
+        shared_weight: f64,
+        seed: u64,
+    ) -> Self {
+        let shared = power_law_matrix(c_in, c_out, decay, shared_weight, seed);
+        let deltas = (0..skills)
+            .map(|k| {
+                let own =
+                    power_law_matrix(c_in, c_out, decay, 1.0, seed.wrapping_add(1 + k as u64));
+                &shared + &own
+            })
+            .collect();
+        Self { deltas }
+    }
+}
