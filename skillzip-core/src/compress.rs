@@ -117,6 +117,11 @@ pub struct CompressConfig {
     pub truncation: ScaleMode,
     /// How the truncated SVD is computed.
     pub svd: SvdMethod,
+    /// Power iterations of the randomized SVD that scores α candidates when `svd` resolves
+    /// to the randomized method and more than one α is searched. The chosen α is then
+    /// factorised again with `svd`. Ranking candidates needs less accuracy than the final
+    /// factors, and the search would otherwise cost one full SVD per α.
+    pub alpha_search_power_iters: usize,
 }
 
 impl CompressConfig {
@@ -138,6 +143,7 @@ impl CompressConfig {
             activation: ScaleMode::Dynamic,
             truncation: ScaleMode::Dynamic,
             svd: SvdMethod::Auto { seed: 0 },
+            alpha_search_power_iters: 1,
         }
     }
 
@@ -234,17 +240,27 @@ pub fn compress(
         stats.observe(data.calibration)?;
         stats.mean_abs()
     };
+    let final_svd = cfg.svd.resolve(c_in, c_out, cfg.rank);
+    let search_svd = match final_svd {
+        SvdMethod::Randomized {
+            oversample, seed, ..
+        } if alphas.len() > 1 => SvdMethod::Randomized {
+            oversample,
+            power_iters: cfg.alpha_search_power_iters,
+            seed,
+        },
+        other => other,
+    };
+    let smoothed = |smoothing: &Option<Smoothing>| match smoothing {
+        Some(s) => s.smooth_weight(delta),
+        None => delta.to_owned(),
+    };
     let mut best: Option<(f64, Option<f32>, Option<Smoothing>, LowRank)> = None;
     for alpha in alphas {
         let smoothing = alpha
             .map(|a| Smoothing::from_stats(&mean_abs, a))
             .transpose()?;
-        let w_s = match &smoothing {
-            Some(s) => s.smooth_weight(delta),
-            None => delta.to_owned(),
-        };
-        let low = truncated_svd(w_s.as_ref(), cfg.rank, cfg.svd)?;
-        drop(w_s);
+        let low = truncated_svd(smoothed(&smoothing).as_ref(), cfg.rank, search_svd)?;
         let err = score(&quantize(
             &low,
             smoothing.as_ref(),
@@ -257,6 +273,9 @@ pub fn compress(
         }
     }
     let (_, alpha, smoothing, mut low) = best.expect("at least one α candidate");
+    if search_svd != final_svd {
+        low = truncated_svd(smoothed(&smoothing).as_ref(), cfg.rank, final_svd)?;
+    }
 
     // Step 4: best of N rotations.
     let mut rotation_candidate = None;

@@ -112,8 +112,8 @@ fn check_row(layer: &CompressedLayer, x_row: &[f32]) {
         assert_eq!(tr.sigma_x, 0.0);
     } else {
         let inv = qmax as f32 / amax;
-        for i in 0..ci {
-            let exact = (u[i] * inv) as f64;
+        for (i, ui) in u.iter().enumerate() {
+            let exact = (ui * inv) as f64;
             let c = tr.x_hat[i] as f64;
             assert!(c.abs() <= qmax as f64);
             if exact.abs() <= qmax as f64 {

@@ -326,9 +326,9 @@ fn randomized_on_slow_power_law_is_within_one_percent_of_exact() {
             );
             assert!(ratio >= 1.0 - 1e-4, "randomized beat Eckart–Young: {ratio}");
             // The leading singular values are accurate too.
-            for i in 0..10 {
-                let rel = (f64::from(rand.sigma[i]) - oracle[i]).abs() / oracle[i];
-                assert!(rel < 1e-2, "sigma[{i}]: {} vs {}", rand.sigma[i], oracle[i]);
+            for (i, (&s, &o)) in rand.sigma.iter().zip(&oracle).take(10).enumerate() {
+                let rel = (f64::from(s) - o).abs() / o;
+                assert!(rel < 1e-2, "sigma[{i}]: {s} vs {o}");
             }
         }
     }
