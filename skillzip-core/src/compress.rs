@@ -16,6 +16,7 @@ use faer::{Mat, MatRef};
 use crate::error::{Error, Result, ensure_finite_mat, ensure_shape};
 use crate::gptq::{self, GptqConfig, WeightScales};
 use crate::layer::{CompressedLayer, Truncation};
+use crate::merge::{MaskSource, MergeConfig, extract_shared};
 use crate::metrics::relative_error;
 use crate::quant::{ActScale, Bits, Quantized, truncation_multiplier, truncation_scale};
 use crate::rotate::{RotationKind, rotate, rotation};
@@ -202,11 +203,47 @@ pub struct Compressed {
     pub calibration_tokens: usize,
 }
 
+/// One finished step of [`compress_with_progress`], for progress reports on large layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// A smoothing exponent was scored (`None`: smoothing off).
+    Alpha {
+        /// The exponent.
+        alpha: Option<f32>,
+        /// Its relative output error on the selection split (RTN weights).
+        selection_error: f64,
+    },
+    /// The chosen α was factorised again with the final SVD method.
+    Refactorised,
+    /// A rotation candidate was scored.
+    Rotation {
+        /// Candidate index.
+        candidate: usize,
+        /// Its relative output error on the selection split (RTN weights).
+        selection_error: f64,
+    },
+    /// The final weights were quantized (GPTQ or RTN).
+    Quantized {
+        /// The final layer's relative output error on the selection split.
+        selection_error: f64,
+    },
+}
+
 /// Compresses one linear delta (`C_i × C_o`) with SkillZip.
 pub fn compress(
     delta: MatRef<'_, f32>,
     data: &CalibrationData<'_>,
     cfg: &CompressConfig,
+) -> Result<Compressed> {
+    compress_with_progress(delta, data, cfg, &mut |_| {})
+}
+
+/// [`compress`], calling `progress` after every step.
+pub fn compress_with_progress(
+    delta: MatRef<'_, f32>,
+    data: &CalibrationData<'_>,
+    cfg: &CompressConfig,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Compressed> {
     let (c_in, c_out) = (delta.nrows(), delta.ncols());
     cfg.validate(c_in, c_out)?;
@@ -268,6 +305,10 @@ pub fn compress(
             cfg,
             false,
         )?)?;
+        progress(Progress::Alpha {
+            alpha,
+            selection_error: err,
+        });
         if best.as_ref().is_none_or(|b| err < b.0) {
             best = Some((err, alpha, smoothing, low));
         }
@@ -275,6 +316,7 @@ pub fn compress(
     let (_, alpha, smoothing, mut low) = best.expect("at least one α candidate");
     if search_svd != final_svd {
         low = truncated_svd(smoothed(&smoothing).as_ref(), cfg.rank, final_svd)?;
+        progress(Progress::Refactorised);
     }
 
     // Step 4: best of N rotations.
@@ -299,6 +341,10 @@ pub fn compress(
                 cfg,
                 false,
             )?)?;
+            progress(Progress::Rotation {
+                candidate: i,
+                selection_error: err,
+            });
             if best_rot.as_ref().is_none_or(|b| err < b.0) {
                 best_rot = Some((err, i, rotated));
             }
@@ -312,6 +358,7 @@ pub fn compress(
     let use_gptq = matches!(cfg.weights, WeightQuantizer::Gptq(_));
     let layer = quantize(&low, smoothing.as_ref(), data.calibration, cfg, use_gptq)?;
     let selection_error = score(&layer)?;
+    progress(Progress::Quantized { selection_error });
     Ok(Compressed {
         layer,
         alpha,
@@ -448,4 +495,69 @@ impl CompressConfig {
         }
         best
     }
+}
+
+/// The skillpack layers of one linear layer for `K` skills, with the shared component that
+/// goes into the backbone (DESIGN.md §4 step 1).
+#[derive(Debug, Clone)]
+pub struct SkillLayers {
+    /// `Δ_shared = Merge(Δ_1..Δ_K)` (`C_i × C_o`), to be added to the backbone; `None` when
+    /// merging is off.
+    pub shared: Option<Mat<f32>>,
+    /// One compressed layer per skill, standing for `Δ_k − Δ_shared`.
+    pub skills: Vec<Compressed>,
+}
+
+/// Compresses the deltas of one linear layer for several skills: optionally extracts the shared
+/// component with `merge` (then each skill compresses `Δ_k − Δ_shared`), and compresses each
+/// skill with its own calibration data.
+pub fn compress_skills(
+    deltas: &[MatRef<'_, f32>],
+    data: &[CalibrationData<'_>],
+    merge: Option<(&MergeConfig, &MaskSource)>,
+    cfg: &CompressConfig,
+) -> Result<SkillLayers> {
+    let first = deltas.first().ok_or(Error::Empty("skill deltas"))?;
+    let (c_in, c_out) = (first.nrows(), first.ncols());
+    ensure_shape(
+        "calibration sets (one per skill)",
+        (deltas.len(), 1),
+        (data.len(), 1),
+    )?;
+    for d in deltas {
+        ensure_shape("skill delta", (c_in, c_out), (d.nrows(), d.ncols()))?;
+    }
+    let Some((merge_cfg, masks)) = merge else {
+        let skills = deltas
+            .iter()
+            .zip(data)
+            .map(|(d, x)| compress(*d, x, cfg))
+            .collect::<Result<_>>()?;
+        return Ok(SkillLayers {
+            shared: None,
+            skills,
+        });
+    };
+    // mergekit works on HF `[out, in]` tensors; rows of that layout are columns here.
+    let flat: Vec<Vec<f32>> = deltas
+        .iter()
+        .map(|d| {
+            let mut v = Vec::with_capacity(c_in * c_out);
+            for o in 0..c_out {
+                v.extend((0..c_in).map(|i| d[(i, o)]));
+            }
+            v
+        })
+        .collect();
+    let (shared, residuals) = extract_shared(&flat, merge_cfg, masks)?;
+    let to_mat = |v: &[f32]| Mat::from_fn(c_in, c_out, |i, o| v[o * c_in + i]);
+    let skills = residuals
+        .iter()
+        .zip(data)
+        .map(|(r, x)| compress(to_mat(r).as_ref(), x, cfg))
+        .collect::<Result<_>>()?;
+    Ok(SkillLayers {
+        shared: Some(to_mat(&shared)),
+        skills,
+    })
 }

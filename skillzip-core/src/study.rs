@@ -7,10 +7,10 @@ use faer::{Mat, MatRef};
 use crate::Result;
 use crate::baselines::{BitDelta, DeltaCoMe, Factored};
 use crate::compress::{
-    BitConfig, CalibrationData, CompressConfig, ScaleMode, WeightQuantizer, compress,
+    BitConfig, CalibrationData, CompressConfig, ScaleMode, WeightQuantizer, compress_skills,
 };
 use crate::gptq::GptqConfig;
-use crate::merge::{MaskSource, MergeConfig, MergeMethod, ModelParams, extract_shared};
+use crate::merge::{MaskSource, MergeConfig, MergeMethod, ModelParams};
 use crate::metrics::{DeltaApprox, Fidelity, evaluate};
 use crate::svd::SvdMethod;
 use crate::synth::{ActivationModel, SkillDeltas, Splits};
@@ -137,19 +137,19 @@ pub fn run(case: &StudyCase, progress: &mut dyn FnMut(&str)) -> Result<Vec<Study
     let splits: Vec<Splits> = (0..case.skills)
         .map(|k| Splits::draw(&model, case.splits, case.seed.wrapping_add(100 + k as u64)))
         .collect();
-    let flat: Vec<Vec<f32>> = deltas
+    let merge_cfg = MergeConfig::new(
+        MergeMethod::TaskArithmetic,
+        vec![ModelParams::new(1.0 / case.skills as f64); case.skills],
+    );
+    let masks = MaskSource::Seeded(case.seed);
+    let delta_refs: Vec<MatRef<'_, f32>> = deltas.iter().map(|d| d.as_ref()).collect();
+    let data: Vec<CalibrationData<'_>> = splits
         .iter()
-        .map(|d| (0..ci * co).map(|i| d[(i / co, i % co)]).collect())
+        .map(|s| CalibrationData {
+            calibration: s.calibration.as_ref(),
+            selection: s.selection.as_ref(),
+        })
         .collect();
-    let weights = vec![ModelParams::new(1.0 / case.skills as f64); case.skills];
-    let (shared, residuals) = extract_shared(
-        &flat,
-        &MergeConfig::new(MergeMethod::TaskArithmetic, weights),
-        &MaskSource::Seeded(case.seed),
-    )?;
-    let to_mat = |v: &[f32]| Mat::from_fn(ci, co, |i, j| v[i * co + j]);
-    let shared = to_mat(&shared);
-    let residuals: Vec<Mat<f32>> = residuals.iter().map(|r| to_mat(r)).collect();
     let references: Vec<Mat<f32>> = (0..case.skills)
         .map(|k| &splits[k].heldout * &deltas[k])
         .collect();
@@ -269,39 +269,29 @@ pub fn run(case: &StudyCase, progress: &mut dyn FnMut(&str)) -> Result<Vec<Study
         ]
     };
     for (name, cfg, merged) in skillzip_variants {
-        let mut per_skill = Vec::new();
-        for k in 0..case.skills {
-            let target = if merged {
-                residuals[k].as_ref()
-            } else {
-                deltas[k].as_ref()
-            };
-            let data = CalibrationData {
-                calibration: splits[k].calibration.as_ref(),
-                selection: splits[k].selection.as_ref(),
-            };
-            // The selection split scores against the residual the layer stands for.
-            let c = compress(target, &data, &cfg)?;
-            let f = if merged {
-                evaluate(
-                    &WithShared {
-                        shared: shared.as_ref(),
-                        inner: &c.layer,
-                    },
-                    deltas[k].as_ref(),
-                    splits[k].heldout.as_ref(),
-                    Some(references[k].as_ref()),
-                )?
-            } else {
-                evaluate(
-                    &c.layer,
-                    deltas[k].as_ref(),
-                    splits[k].heldout.as_ref(),
-                    Some(references[k].as_ref()),
-                )?
-            };
-            per_skill.push(f);
-        }
+        let merge = merged.then_some((&merge_cfg, &masks));
+        let packed = compress_skills(&delta_refs, &data, merge, &cfg)?;
+        let per_skill = packed
+            .skills
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let (heldout, reference) =
+                    (splits[k].heldout.as_ref(), Some(references[k].as_ref()));
+                match &packed.shared {
+                    Some(shared) => evaluate(
+                        &WithShared {
+                            shared: shared.as_ref(),
+                            inner: &c.layer,
+                        },
+                        deltas[k].as_ref(),
+                        heldout,
+                        reference,
+                    ),
+                    None => evaluate(&c.layer, deltas[k].as_ref(), heldout, reference),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         push(name, Some(cfg.rank), per_skill, progress);
     }
 

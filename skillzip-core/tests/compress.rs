@@ -194,3 +194,43 @@ fn small_study_runs_and_quantization_costs_little() {
     }
     assert_eq!(study::orderings(&rows).len(), 7);
 }
+
+#[test]
+fn compress_skills_extracts_the_shared_component() {
+    use skillzip_core::compress::compress_skills;
+    use skillzip_core::merge::{MaskSource, MergeConfig, MergeMethod, ModelParams};
+    let (delta, splits) = fixture();
+    let other = power_law_matrix(80, 48, 0.5, 1.0, 21);
+    let d2 = &delta + &other;
+    let deltas = [delta.as_ref(), d2.as_ref()];
+    let sets = [data(&splits), data(&splits)];
+    let cfg = CompressConfig {
+        rotation_candidates: 2,
+        ..CompressConfig::skillzip(8)
+    };
+    let merge = MergeConfig::new(MergeMethod::TaskArithmetic, vec![ModelParams::new(0.5); 2]);
+    let masks = MaskSource::Seeded(1);
+    let merged = compress_skills(&deltas, &sets, Some((&merge, &masks)), &cfg).unwrap();
+    let shared = merged.shared.as_ref().unwrap();
+    // Task arithmetic with weights 1/2 is the mean: Δ_shared = Δ + other/2.
+    for i in 0..80 {
+        for o in 0..48 {
+            let want = (delta[(i, o)] as f64 + d2[(i, o)] as f64) / 2.0;
+            assert!((shared[(i, o)] as f64 - want).abs() < 1e-5);
+        }
+    }
+    assert_eq!(merged.skills.len(), 2);
+    let plain = compress_skills(&deltas, &sets, None, &cfg).unwrap();
+    assert!(plain.shared.is_none());
+    let alone = compress(delta.as_ref(), &sets[0], &cfg).unwrap();
+    assert_eq!(plain.skills[0].layer, alone.layer);
+    let narrow = Mat::<f32>::zeros(80, 47);
+    assert!(matches!(
+        compress_skills(&[delta.as_ref(), narrow.as_ref()], &sets, None, &cfg),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        compress_skills(&deltas, &sets[..1], None, &cfg),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use skillzip_benches::{DOWN_PROJ, Q_PROJ, fixture, full_config, peak_rss_bytes};
-use skillzip_core::compress::{CalibrationData, compress};
+use skillzip_core::compress::{CalibrationData, compress_with_progress};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,7 +34,12 @@ fn main() {
     let cfg = full_config(shape);
     let rss_before = peak_rss_bytes().unwrap_or(0);
     let t = Instant::now();
-    let c = compress(delta.as_ref(), &data, &cfg).expect("compression succeeds");
+    let mut last = Instant::now();
+    let c = compress_with_progress(delta.as_ref(), &data, &cfg, &mut |step| {
+        eprintln!("  {:>6.1} s  {step:?}", last.elapsed().as_secs_f64());
+        last = Instant::now();
+    })
+    .expect("compression succeeds");
     let compress_s = t.elapsed().as_secs_f64();
     let rss_after = peak_rss_bytes().unwrap_or(0);
     println!(
