@@ -5,7 +5,7 @@
 //! (`qmax` = 127 for INT8, 7 for INT4), `inv = qmax / amax` (one correctly rounded f32
 //! division), `code = sat(rne(v · inv))` (one f32 multiply, round half to even, saturate;
 //! `-qmax - 1` is never produced), and the scale is `amax / qmax`. An all-zero group has
-//! `amax = 0`, every code 0 and scale 0.
+//! `amax = 0`, every code 0 and scale 0; so does a group whose `qmax / amax` overflows.
 //!
 //! Also here: INT4 packing (two codes per byte along K, low nibble first) and the integer
 //! truncation of an i32 row to i8 (`M = ⌊127·2³¹/zmax⌋`, `ẑ = sat(rne_shift(z·M, 31))`).
@@ -49,13 +49,20 @@ impl Bits {
 
 /// `(scale, inv)` for a group with absolute maximum `amax`: `scale = amax / qmax` and
 /// `inv = qmax / amax`, both single f32 divisions; `(0, 0)` when `amax == 0`.
+///
+/// A group so small that `qmax / amax` overflows to +inf (`amax < qmax / f32::MAX`, about
+/// 3.7e-37 for INT8) is quantized like an all-zero group, `(0, 0)`: otherwise every non-zero
+/// value would saturate, and `amax / qmax` may even underflow to a zero scale under non-zero
+/// codes. This extends DESIGN.md §4's `amax = 0` rule (found by the `quantizers` fuzz target);
+/// every backend applies the same test on `inv`.
 #[inline]
 pub fn scale_and_inverse(amax: f32, bits: Bits) -> (f32, f32) {
-    if amax == 0.0 {
+    let q = bits.qmax() as f32;
+    let inv = q / amax;
+    if amax == 0.0 || inv.is_infinite() {
         (0.0, 0.0)
     } else {
-        let q = bits.qmax() as f32;
-        (amax / q, q / amax)
+        (amax / q, inv)
     }
 }
 

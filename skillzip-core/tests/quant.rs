@@ -59,15 +59,14 @@ proptest! {
                     prop_assert_eq!(scale, 0.0);
                     continue;
                 }
-                // Subnormal scales lose relative precision.
-                prop_assert!((scale - amax / qmax as f64).abs() <= 1e-6 * scale + 1e-44);
                 if (qmax as f32 / amax as f32).is_infinite() {
-                    // Contract edge: amax < qmax/f32::MAX makes inv = +inf, so every nonzero
-                    // value saturates (reported in the design notes); only signs are checked.
-                    let v = values[r * cols + c];
-                    prop_assert_eq!(code.signum() as f32, if v == 0.0 { 0.0 } else { v.signum() });
+                    // amax < qmax / f32::MAX: quantized as an all-zero group.
+                    prop_assert_eq!(code, 0);
+                    prop_assert_eq!(scale, 0.0);
                     continue;
                 }
+                // Subnormal scales lose relative precision.
+                prop_assert!((scale - amax / qmax as f64).abs() <= 1e-6 * scale + 1e-44);
                 let exact = values[r * cols + c] as f64 * qmax as f64 / amax;
                 // Nearest up to one f32 rounding of the product.
                 prop_assert!((code as f64 - exact).abs() <= 0.5 + 1e-5 * exact.abs().max(1.0),
@@ -77,7 +76,7 @@ proptest! {
         // The group maximum maps to ±qmax.
         if g == Granularity::PerTensor {
             let (i, _) = values.iter().enumerate().fold((0, 0f32), |(bi, bv), (i, v)| if v.abs() > bv { (i, v.abs()) } else { (bi, bv) });
-            if values[i] != 0.0 {
+            if (qmax as f32 / values[i].abs()).is_finite() {
                 prop_assert_eq!(q.codes[i].unsigned_abs() as i32, qmax);
             }
         }
@@ -145,4 +144,33 @@ fn storage_bytes_count_packing_and_scales() {
     assert_eq!(q.storage_bytes(), 3 * 3 + 3 * 4);
     let q = Quantized::quantize(&[1.0; 3 * 5], 3, 5, Bits::Int8, Granularity::PerTensor).unwrap();
     assert_eq!(q.storage_bytes(), 15 + 4);
+}
+
+#[test]
+fn groups_whose_inverse_overflows_quantize_as_zero() {
+    // amax = 3 denormal ulps: qmax/amax overflows, amax/qmax would underflow to 0.
+    let tiny = f32::from_bits(3);
+    let q = Quantized::quantize(
+        &[tiny, -tiny, 0.0],
+        1,
+        3,
+        Bits::Int8,
+        Granularity::PerTensor,
+    )
+    .unwrap();
+    assert_eq!(
+        (q.codes.clone(), q.scales.clone()),
+        (vec![0, 0, 0], vec![0.0])
+    );
+    // Just above the threshold the rule is the ordinary one.
+    let small = 127.0 / f32::MAX * 2.0;
+    let q = Quantized::quantize(
+        &[small, -small / 2.0],
+        1,
+        2,
+        Bits::Int8,
+        Granularity::PerTensor,
+    )
+    .unwrap();
+    assert_eq!(q.codes, vec![127, -64]);
 }
