@@ -234,9 +234,9 @@ impl DeltaCoMe {
                 a_q.codes[k * a.nrows() + i] as f32 * a_q.scale_at(k, i)
             });
             let z = calibration * &a_deq;
-            let b_q = gptq::gptq(
+            let b_q = gptq::gptq_from_activations(
                 b,
-                gptq::hessian(z.as_ref())?.as_ref(),
+                z.as_ref(),
                 g.bits,
                 WeightScales::PerOutput,
                 gptq_cfg,

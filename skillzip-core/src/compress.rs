@@ -395,7 +395,7 @@ fn quantize(
     let quantize_weight =
         |w: MatRef<'_, f32>, x: MatRef<'_, f32>, bits, scales| -> Result<Quantized> {
             match &gptq_cfg {
-                Some(g) => gptq::gptq_owned(w, gptq::hessian(x)?, bits, scales, g),
+                Some(g) => gptq::gptq_from_activations(w, x, bits, scales, g),
                 None => gptq::rtn(w, bits, scales),
             }
         };

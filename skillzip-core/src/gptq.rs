@@ -46,9 +46,56 @@
 //! If the Cholesky factorisation fails after damping, the result is
 //! [`Error::NotPositiveDefinite`]`("gptq hessian")`. A Hessian from fewer calibration tokens
 //! than `in` is singular and is only well-posed through the damping (DESIGN.md §4 step 5).
+//!
+//! # Low-rank GPTQ (few calibration tokens)
+//!
+//! For `H = XᵀX` from `T ≪ in` tokens the dense path wastes its `O(in³)` time and `in × in`
+//! memory on a matrix of rank `≤ T`. [`gptq_low_rank`] computes the same GPTQ from `X` itself
+//! in `O(in·T·(T + out))` time and `O(T² + T·out + in·out)` memory; [`gptq_from_activations`]
+//! picks it when a flop model says it is faster (roughly `T ≲ in/3` for `out ≪ in`, and only
+//! with `damp > 0`; [`low_rank_is_preferred`]) and the dense path otherwise.
+//!
+//! GPTQ in processing order sets `q_i = Q(v_i)` where `v_{i:}` is the minimiser of
+//! `(w − q)ᵀH(w − q)` over the inputs not yet quantized given the quantized ones:
+//! `v_{i:} = w_{i:} − H_{i:,i:}⁻¹ H_{i:,:i} e_{:i}` with `e_k = q_k − w_k` against the
+//! *original* `w`. With `H = λI + XᵀX` (dead inputs left out, see below), `B_i = X_{:, i:}`,
+//! `s_i = X_{:, :i} e_{:i}` (`T`-vector per output; all outputs: `S`, `T × out`) and
+//! `K_i = (λI_T + B_iB_iᵀ)⁻¹` (`T × T`), push-through gives
+//! `H_{i:,i:}⁻¹ H_{i:,:i} e_{:i} = (λI + B_iᵀB_i)⁻¹B_iᵀ s_i = B_iᵀ K_i s_i`, and for a block
+//! `blk` of `b` inputs starting at `i`, `λ·(H_{i:,i:}⁻¹)_{blk,blk} = I_b − X_blkᵀ K_i X_blk`
+//! (`M`, the block's inverse Hessian with every later input minimised out). The trailing
+//! block of the dense path's `U` is the upper Cholesky factor of exactly that matrix, so per
+//! block (blocks of [`GptqConfig::block_size`] live inputs in processing order):
+//!
+//! 1. `P = K·X_blk` (`T × b`); targets `V_blk = W_blk − Pᵀ·S` (`b × out`);
+//! 2. `M = I − X_blkᵀ·P = L·Lᵀ` (lower Cholesky; `U_blk = λ^{-1/2}·Lᵀ`, and the sweep only
+//!    uses ratios `U_ab / U_aa`, so `λ` cancels);
+//! 3. the dense sweep inside the block, starting from `V_blk`: `q_a = Q(v_a)`,
+//!    `v_b −= L_ba · (v_a − q_a) / L_aa` for the later inputs `b` of the block;
+//! 4. `S += X_blk·(Q_blk − W_blk)` (errors against the original `W`);
+//! 5. downdate `K ← (K⁻¹ − X_blk X_blkᵀ)⁻¹ = K + P·M⁻¹·Pᵀ = K + Z·Zᵀ` with
+//!    `Zᵀ = L⁻¹·Pᵀ` (Woodbury, reusing the factor of step 2).
+//!
+//! The start is `K = (λI_T + Σ X_blk X_blkᵀ)⁻¹` from a `T × T` Cholesky factorisation, summed
+//! over the same blocks that step 5 later removes. All of this runs in f64 (`X` is converted
+//! one block at a time): `cond(λI + XXᵀ)` reaches `in/damp`, and the downdates of step 5
+//! subtract nearly equal quantities (in f64, `λ·K` returns to `I` within ~1e-8 after the last
+//! block, see the unit tests). Codes still come from [`quant::quantize_value`] of the f32
+//! rounding of `v`, with the scales of [`rtn`]. Costs per input: `2T²` (step 1) + `T²`
+//! (step 5) + `T²` (start) + `4·T·out` (targets and `S`) flops, i.e. about 86 GFLOP for
+//! `in = 14336, out = 600, T = 1024` against ~2.3 TFLOP (f32) for the dense path.
+//!
+//! Rules shared with the dense path: `λ = damp · mean(diag H)` with the f32 diagonal (each
+//! `‖x_j‖²` is summed in f64 and rounded to f32), dead inputs counted as 1, rounded to f32;
+//! act-order sorts by that diagonal (dead = 1, ties by index). A dead input (`‖x_j‖²` rounds to
+//! 0) has no coupling to any other input in `H`, and its row of `W` is zeroed by the dense path,
+//! so its code is 0 and it changes nothing else: the low-rank path drops it from the sweep
+//! instead of giving it `H_jj = 1`, which is the same result. The blocks are formed from the
+//! live inputs only (block boundaries only change rounding).
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::cholesky::llt::inverse as llt_inverse;
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::linalg::triangular_solve::{
@@ -166,7 +213,7 @@ pub fn accumulate_hessian(mut h: MatMut<'_, f32>, x: MatRef<'_, f32>) -> Result<
 
 /// Copies the strict lower triangle of a square matrix onto its upper triangle (tiled, so
 /// both sides stay in cache for large matrices).
-fn mirror_lower(mut h: MatMut<'_, f32>) {
+fn mirror_lower<T: Copy>(mut h: MatMut<'_, T>) {
     const TILE: usize = 64;
     let n = h.nrows();
     for jb in (0..n).step_by(TILE) {
@@ -239,6 +286,99 @@ pub fn gptq_owned(
     gptq_unchecked(w, h, bits, scales, cfg)
 }
 
+/// Whether [`gptq_from_activations`] takes the low-rank path for `tokens` calibration rows
+/// (`T`), `inputs` input channels (`in`), `outputs` output channels (`out`) and `cfg`.
+///
+/// Rule: `cfg.damp > 0` and the modelled low-rank time does not exceed the dense one,
+/// `2.5·(4·in·T² + 4·in·T·out) ≤ T·in² + ⅔·in³ + in²·out`. The left side counts the low-rank
+/// path's f64 flops (see the module documentation), weighted 2.5× for f64 against f32 and its
+/// thinner GEMMs; the right side the dense path's f32 flops (`XᵀX`, Cholesky + triangular
+/// inverse, lazy updates). The weight was fitted on a 2-core AVX-512 machine with `in` = 4096,
+/// `out` = 400, `T` = 512…2048 (measured crossover `T ≈ 1280`; fitted weights 2.1–2.6 on a
+/// quiet machine, ~3 under CPU contention). Roughly: low-rank for `T ≲ in/3` when `out ≪ in`;
+/// for `in` = 14336, `out` = 600, `T` = 1024 it predicts ~10× (measured 7–8×). Both paths
+/// compute the same GPTQ, so the rule only trades time; the low-rank path also needs far less
+/// memory (`O(T² + T·out)` f64 against `in²` f32), so a memory-bound caller can call
+/// [`gptq_low_rank`] directly.
+///
+/// Without damping (`λ = 0`) the low-rank form does not exist, and `H = XᵀX` of rank
+/// `≤ T < in` is singular anyway, so the dense path gives the definitive answer (normally
+/// [`Error::NotPositiveDefinite`]).
+pub fn low_rank_is_preferred(
+    tokens: usize,
+    inputs: usize,
+    outputs: usize,
+    cfg: &GptqConfig,
+) -> bool {
+    let (t, n, m) = (tokens as f64, inputs as f64, outputs as f64);
+    let low_rank = 2.5 * (4.0 * n * t * t + 4.0 * n * t * m);
+    let dense = t * n * n + 2.0 / 3.0 * n * n * n + n * n * m;
+    cfg.damp > 0.0 && low_rank <= dense
+}
+
+/// GPTQ of `W` (`in × out`) for the Hessian `H = XᵀX` of calibration activations `X`
+/// (`T × in`), stored `out × in`: the same result as `gptq(w, hessian(x)?, ..)` (same damping
+/// convention, same dead-input and act-order rules, same scales), computed by the cheaper of
+/// the two paths — [`gptq_low_rank`] when [`low_rank_is_preferred`] (roughly `T ≲ in/3`, and
+/// `damp > 0`), otherwise [`hessian`] followed by [`gptq_owned`].
+///
+/// The two paths compute the same mathematical result with different rounding (f64 `T × T`
+/// algebra against f32 `in × in` algebra), so a small fraction of codes can differ where a
+/// value lies within rounding noise of a rounding boundary (one step at the first such input,
+/// carried on by the error feedback); see [`gptq_low_rank`].
+///
+/// Errors: [`Error::Empty`] for an empty weight or no calibration rows,
+/// [`Error::ShapeMismatch`] when `X` does not have `in` columns, [`Error::NonFinite`] for
+/// NaN/Inf in `W` or `X`, [`Error::InvalidConfig`] for a bad `cfg`,
+/// [`Error::NotPositiveDefinite`] when the damped Hessian cannot be factored.
+pub fn gptq_from_activations(
+    w: MatRef<'_, f32>,
+    x: MatRef<'_, f32>,
+    bits: Bits,
+    scales: WeightScales,
+    cfg: &GptqConfig,
+) -> Result<Quantized> {
+    check_activation_inputs(w, x, cfg)?;
+    if low_rank_is_preferred(x.nrows(), w.nrows(), w.ncols(), cfg) {
+        low_rank_unchecked(w, x, bits, scales, cfg, false).map(|(q, _)| q)
+    } else {
+        gptq_owned(w, hessian(x)?, bits, scales, cfg)
+    }
+}
+
+/// The low-rank GPTQ path of [`gptq_from_activations`], forced: GPTQ of `W` (`in × out`) for
+/// `H = XᵀX` (`X` is `T × in`) without forming `H`, in `O(in·T·(T + out))` time and
+/// `O(T² + T·out + in·out)` memory. See the module documentation ("Low-rank GPTQ") for the
+/// algorithm.
+///
+/// Works for any `T`, but is only cheaper than the dense path for `T` well below `in`. It needs
+/// `λ = damp · mean(diag H) > 0`: with `λ = 0` and at least one live input the result is
+/// [`Error::NotPositiveDefinite`]`("gptq hessian")` (the low-rank form of `H⁻¹` does not
+/// exist; for `T < in` live inputs `XᵀX` is singular). Dead inputs (all-zero columns of `X`)
+/// get code 0 as in [`gptq`].
+///
+/// Agreement with [`gptq`]`(w, hessian(x))`: scales are bit-identical (both measure them on
+/// `W`); codes are the same mathematical GPTQ codes, with rounding differences (this path does
+/// the `T × T` algebra and the error bookkeeping in f64, the dense one works in f32 with
+/// condition numbers up to `in/damp`), so a value within rounding noise of a rounding boundary
+/// can land one step apart, and the error feedback carries such a first difference on to later
+/// inputs (so later differences can exceed one step). The f32 dense path is the less accurate
+/// of the two: against an independent unblocked f64 GPTQ on the same `XᵀX`, this path gave
+/// identical codes at `in` = 4096 and 14336 (`T` = 1024, INT4 per output) where the dense path
+/// differed in 0.38% and 0.54% of them; in the small randomized tests ~1e-4 of codes differ.
+///
+/// Errors: as [`gptq_from_activations`].
+pub fn gptq_low_rank(
+    w: MatRef<'_, f32>,
+    x: MatRef<'_, f32>,
+    bits: Bits,
+    scales: WeightScales,
+    cfg: &GptqConfig,
+) -> Result<Quantized> {
+    check_activation_inputs(w, x, cfg)?;
+    low_rank_unchecked(w, x, bits, scales, cfg, false).map(|(q, _)| q)
+}
+
 /// The upper Cholesky factor `U` of `(H + λI)⁻¹` (`H⁻¹ = UᵀU`), with the dead-input fix
 /// (`H_ii = 0 → 1`) applied first and `λ = damp · mean(diag H)`, exactly as [`gptq`] computes
 /// it (without act-order). The strict lower triangle of the result is zero. Exposed for
@@ -277,6 +417,20 @@ fn check_weight(w: MatRef<'_, f32>) -> Result<()> {
         return Err(Error::Empty("weight"));
     }
     ensure_finite_mat("weight", w)
+}
+
+fn check_activation_inputs(w: MatRef<'_, f32>, x: MatRef<'_, f32>, cfg: &GptqConfig) -> Result<()> {
+    cfg.validate()?;
+    check_weight(w)?;
+    if x.nrows() == 0 {
+        return Err(Error::Empty("calibration activations"));
+    }
+    ensure_shape(
+        "calibration activations",
+        (x.nrows(), w.nrows()),
+        (x.nrows(), x.ncols()),
+    )?;
+    ensure_finite_mat("calibration activations", x)
 }
 
 fn check_inputs(w: MatRef<'_, f32>, h: MatRef<'_, f32>, cfg: &GptqConfig) -> Result<()> {
@@ -455,6 +609,246 @@ fn gptq_unchecked(
     Ok(assemble(codes, m, n, bits, scales, &pairs))
 }
 
+/// `(K, λ)` after the last downdate of the low-rank sweep (`λ·K = I` in exact arithmetic).
+type FinalK = (Mat<f64>, f64);
+
+/// The low-rank sweep (module documentation, "Low-rank GPTQ"). Inputs are validated. Returns
+/// the result and, when `keep_final_k`, the final `K` (after downdating every live input, which
+/// is `λ⁻¹·I` in exact arithmetic; used by the tests to measure the downdate drift).
+fn low_rank_unchecked(
+    w: MatRef<'_, f32>,
+    x: MatRef<'_, f32>,
+    bits: Bits,
+    scales: WeightScales,
+    cfg: &GptqConfig,
+    keep_final_k: bool,
+) -> Result<(Quantized, Option<FinalK>)> {
+    let (n, m) = (w.nrows(), w.ncols());
+    let t = x.nrows();
+    let par = faer::get_global_parallelism();
+    // Scales from the original W, exactly as `rtn`.
+    let pairs = weight_scale_pairs(w, bits, scales);
+
+    // diag H = ‖x_j‖², summed in f64 and rounded to f32 (the dense path's f32 diagonal).
+    // Dead inputs: the diagonal is 0 → it counts as 1 for the damping mean and act-order,
+    // exactly as in `gptq_unchecked`; their codes stay 0 and they take no part in the sweep.
+    let diag: Vec<f32> = (0..n)
+        .map(|j| {
+            let c = x.col(j);
+            (0..t)
+                .map(|r| {
+                    let v = c[r] as f64;
+                    v * v
+                })
+                .sum::<f64>() as f32
+        })
+        .collect();
+    let key: Vec<f32> = diag
+        .iter()
+        .map(|&d| if d == 0.0 { 1.0 } else { d })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    if cfg.act_order {
+        order.sort_by(|&a, &b| key[b].total_cmp(&key[a]).then(a.cmp(&b)));
+    }
+    let live: Vec<usize> = order.into_iter().filter(|&j| diag[j] != 0.0).collect();
+    // λ as `add_damping` computes it (f64 mean of the f32 diagonal, rounded to f32).
+    let mean = key.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let lambda = (cfg.damp as f64 * mean) as f32 as f64;
+
+    let mut codes = vec![0i8; n * m];
+    if live.is_empty() {
+        return Ok((assemble(codes, m, n, bits, scales, &pairs), None));
+    }
+    if !(lambda > 0.0 && lambda.is_finite()) {
+        return Err(Error::NotPositiveDefinite("gptq hessian"));
+    }
+    let npd = || Error::NotPositiveDefinite("gptq hessian");
+    let bs = cfg.block_size.min(live.len());
+
+    // X columns of one block, in processing order, as f64.
+    let gather = |cols: &[usize], mut dst: MatMut<'_, f64>| {
+        for (a, &j) in cols.iter().enumerate() {
+            let src = x.col(j);
+            for r in 0..t {
+                dst[(r, a)] = src[r] as f64;
+            }
+        }
+    };
+    let mut xb = Mat::<f64>::zeros(t, bs);
+
+    // K = (λI + Σ_live x_j x_jᵀ)⁻¹ (T × T), summed block by block with the same f64 blocks
+    // that the sweep later downdates.
+    let mut k = {
+        let mut c = Mat::<f64>::zeros(t, t);
+        for chunk in live.chunks(bs) {
+            let mut xv = xb.as_mut().subcols_mut(0, chunk.len());
+            gather(chunk, xv.rb_mut());
+            tri_matmul(
+                c.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                xv.rb(),
+                BlockStructure::Rectangular,
+                xv.rb().transpose(),
+                BlockStructure::Rectangular,
+                1.0f64,
+                par,
+            );
+        }
+        for i in 0..t {
+            c[(i, i)] += lambda;
+        }
+        cholesky_f64_in_place(c.as_mut(), par).map_err(|_| npd())?;
+        let mut kinv = Mat::<f64>::zeros(t, t);
+        let mut mem = MemBuffer::new(llt_inverse::inverse_scratch::<f64>(t, par));
+        llt_inverse::inverse(kinv.as_mut(), c.as_ref(), par, MemStack::new(&mut mem));
+        mirror_lower(kinv.as_mut());
+        kinv
+    };
+
+    // Sᵀ = ((Q − W)_{done})ᵀ·X_{:, done}ᵀ (out × T; S is the pull of the quantized inputs'
+    // errors, stored transposed so that the target GEMM reads both operands column-major).
+    let mut st = Mat::<f64>::zeros(m, t);
+    let mut p = Mat::<f64>::zeros(t, bs);
+    let mut vt = Mat::<f64>::zeros(m, bs);
+    let mut et = Mat::<f64>::zeros(m, bs);
+    let mut mblk = Mat::<f64>::zeros(bs, bs);
+    let mut prop = vec![0.0f64; m];
+    let nblocks = live.len().div_ceil(bs);
+    for (bi, chunk) in live.chunks(bs).enumerate() {
+        let c = chunk.len();
+        let last = bi + 1 == nblocks;
+        let mut xv = xb.as_mut().subcols_mut(0, c);
+        gather(chunk, xv.rb_mut());
+        let xv = xv.rb();
+        // P = K·X_blk.
+        let mut pv = p.as_mut().subcols_mut(0, c);
+        matmul(pv.rb_mut(), Accum::Replace, k.as_ref(), xv, 1.0f64, par);
+        // Targets: Vᵀ = W_blkᵀ − Sᵀ·P (out × c).
+        let mut vv = vt.as_mut().subcols_mut(0, c);
+        for (a, &j) in chunk.iter().enumerate() {
+            let col = vv
+                .rb_mut()
+                .col_mut(a)
+                .try_as_col_major_mut()
+                .unwrap()
+                .as_slice_mut();
+            for (o, v) in col.iter_mut().enumerate() {
+                *v = w[(j, o)] as f64;
+            }
+        }
+        if bi > 0 {
+            matmul(vv.rb_mut(), Accum::Add, st.as_ref(), pv.rb(), -1.0f64, par);
+        }
+        // λ·(block of H⁻¹ of the free inputs) = I − X_blkᵀ·K·X_blk = L·Lᵀ.
+        let mut mv = mblk.as_mut().submatrix_mut(0, 0, c, c);
+        tri_matmul(
+            mv.rb_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            xv.transpose(),
+            BlockStructure::Rectangular,
+            pv.rb(),
+            BlockStructure::Rectangular,
+            -1.0f64,
+            par,
+        );
+        for a in 0..c {
+            mv[(a, a)] += 1.0;
+        }
+        cholesky_f64_in_place(mv.rb_mut(), par).map_err(|_| npd())?;
+        for a in 0..c {
+            let d = mv[(a, a)];
+            if !(d.is_finite() && d > 0.0) || (a + 1..c).any(|b| !mv[(b, a)].is_finite()) {
+                return Err(npd());
+            }
+        }
+        // In-block GPTQ with U = Lᵀ (up to the factor λ^{-1/2}, which cancels in U_ab/U_aa).
+        let mut ev = et.as_mut().subcols_mut(0, c);
+        for a in 0..c {
+            let j = chunk[a];
+            let d = mv[(a, a)];
+            {
+                let col = vv.rb().col(a).try_as_col_major().unwrap().as_slice();
+                let ecol = ev
+                    .rb_mut()
+                    .col_mut(a)
+                    .try_as_col_major_mut()
+                    .unwrap()
+                    .as_slice_mut();
+                for o in 0..m {
+                    let (sc, inv) = pairs[o];
+                    let v = col[o];
+                    let code = quant::quantize_value(v as f32, inv, bits);
+                    codes[o * n + j] = code;
+                    let q = code as f64 * sc as f64;
+                    ecol[o] = q - w[(j, o)] as f64;
+                    prop[o] = (v - q) / d;
+                }
+            }
+            for b in a + 1..c {
+                let f = mv[(b, a)];
+                if f == 0.0 {
+                    continue;
+                }
+                let col = vv
+                    .rb_mut()
+                    .col_mut(b)
+                    .try_as_col_major_mut()
+                    .unwrap()
+                    .as_slice_mut();
+                for (v, &e) in col.iter_mut().zip(&prop) {
+                    *v -= e * f;
+                }
+            }
+        }
+        if last && !keep_final_k {
+            break;
+        }
+        // Sᵀ += (Q − W)_blkᵀ·X_blkᵀ.
+        matmul(
+            st.as_mut(),
+            Accum::Add,
+            ev.rb(),
+            xv.transpose(),
+            1.0f64,
+            par,
+        );
+        // Downdate K ← (K⁻¹ − X_blk X_blkᵀ)⁻¹ = K + P·M⁻¹·Pᵀ = K + Z·Zᵀ with Zᵀ = L⁻¹·Pᵀ.
+        solve_lower_triangular_in_place(mv.rb(), pv.rb_mut().transpose_mut(), par);
+        tri_matmul(
+            k.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            pv.rb(),
+            BlockStructure::Rectangular,
+            pv.rb().transpose(),
+            BlockStructure::Rectangular,
+            1.0f64,
+            par,
+        );
+        mirror_lower(k.as_mut());
+    }
+    let q = assemble(codes, m, n, bits, scales, &pairs);
+    Ok((q, keep_final_k.then_some((k, lambda))))
+}
+
+/// In-place lower Cholesky factorisation of a symmetric f64 matrix (lower triangle read).
+fn cholesky_f64_in_place(a: MatMut<'_, f64>, par: Par) -> Result<()> {
+    let n = a.nrows();
+    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+    cholesky_in_place(
+        a,
+        Default::default(),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map(|_| ())
+    .map_err(|_| Error::NotPositiveDefinite("gptq hessian"))
+}
+
 /// Replaces the (damped, symmetric) `h` by the upper Cholesky factor of the inverse of
 /// `P h Pᵀ`, where `(P h Pᵀ)(k, l) = h(order[k], order[l])`, in place. Only the upper triangle
 /// of the result is meaningful.
@@ -566,6 +960,66 @@ fn invert_lower_small(mut a: MatMut<'_, f32>) {
                 s += a[(i, k)] * a[(k, j)];
             }
             a[(i, j)] = -inv * s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_distr::{Distribution, StandardNormal};
+
+    /// `X = g·ℓᵀ·gain + noise·X_noise` (`T × in`): nearly rank one, the worst case for the
+    /// conditioning of `λI + XXᵀ` (`cond ≈ in/damp`).
+    fn nearly_rank_one(t: usize, n: usize, noise: f32, seed: u64) -> Mat<f32> {
+        let mut rng = crate::seeded_rng(seed);
+        let mut draw = || {
+            let v: f64 = StandardNormal.sample(&mut rng);
+            v as f32
+        };
+        let g: Vec<f32> = (0..t).map(|_| draw()).collect();
+        let l: Vec<f32> = (0..n).map(|_| draw()).collect();
+        Mat::from_fn(t, n, |r, c| g[r] * l[c] + noise * draw())
+    }
+
+    /// Largest `|λ·K_end − I|` after downdating every input: 0 in exact arithmetic.
+    fn downdate_drift(n: usize, t: usize, m: usize, block: usize, noise: f32) -> f64 {
+        let x = nearly_rank_one(t, n, noise, 5);
+        let w = Mat::from_fn(n, m, |i, o| ((i * 31 + o * 17) % 23) as f32 - 11.0);
+        let cfg = GptqConfig {
+            block_size: block,
+            ..GptqConfig::default()
+        };
+        let (_, fin) = low_rank_unchecked(
+            w.as_ref(),
+            x.as_ref(),
+            Bits::Int4,
+            WeightScales::PerOutput,
+            &cfg,
+            true,
+        )
+        .unwrap();
+        let (k, lambda) = fin.unwrap();
+        let mut worst = 0.0f64;
+        for j in 0..t {
+            for i in 0..t {
+                let want = if i == j { 1.0 } else { 0.0 };
+                worst = worst.max((lambda * k[(i, j)] - want).abs());
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn woodbury_downdates_return_to_the_damping_inverse() {
+        for (n, t, block, noise) in [
+            (600, 40, 16, 1e-3),
+            (2000, 64, 128, 0.0),
+            (2000, 64, 7, 0.05),
+        ] {
+            let d = downdate_drift(n, t, 3, block, noise);
+            println!("in={n} T={t} block={block} noise={noise}: max |λK_end − I| = {d:.2e}");
+            assert!(d < 1e-6, "drift {d}");
         }
     }
 }

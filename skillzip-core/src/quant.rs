@@ -242,7 +242,9 @@ impl Quantized {
         self.scales[group_index(r, c, self.granularity)]
     }
 
-    /// Dequantized row-major values `code · scale`.
+    /// Dequantized row-major values `code · scale` (one f32 multiply). For a group whose
+    /// `amax` lies within one rounding of `f32::MAX`, `qmax · scale` can round past it and
+    /// dequantize to ±inf.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.codes.len());
         for r in 0..self.rows {

@@ -1,13 +1,15 @@
 //! GPTQ and round-to-nearest weight quantization (DESIGN.md §4 step 5): identity-Hessian
 //! equivalence with RTN, error reduction on correlated activations, agreement with an
-//! independent unblocked f64 GPTQ, typed errors and determinism.
+//! independent unblocked f64 GPTQ, typed errors and determinism; the low-rank path
+//! (`gptq_low_rank`, `gptq_from_activations`) against the dense one.
 
 use faer::Mat;
 use proptest::prelude::*;
 use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 use skillzip_core::gptq::{
-    GptqConfig, WeightScales, gptq, gptq_owned, hessian, inverse_hessian_factor, rtn,
+    GptqConfig, WeightScales, gptq, gptq_from_activations, gptq_low_rank, gptq_owned, hessian,
+    inverse_hessian_factor, low_rank_is_preferred, rtn,
 };
 use skillzip_core::quant::{self, Bits, Granularity, Quantized};
 use skillzip_core::{Error, SeededRng, seeded_rng};
@@ -112,10 +114,22 @@ fn reference_gptq(
     scales: WeightScales,
     damp: f64,
 ) -> Vec<i8> {
-    let (n, m) = (w.nrows(), w.ncols());
-    let mut hd: Vec<Vec<f64>> = (0..n)
+    let n = w.nrows();
+    let hd: Vec<Vec<f64>> = (0..n)
         .map(|i| (0..n).map(|j| h[(i, j)] as f64).collect())
         .collect();
+    reference_gptq_f64(w, hd, bits, scales, damp)
+}
+
+/// [`reference_gptq`] for an f64 Hessian (e.g. `XᵀX` summed in f64).
+fn reference_gptq_f64(
+    w: &Mat<f32>,
+    mut hd: Vec<Vec<f64>>,
+    bits: Bits,
+    scales: WeightScales,
+    damp: f64,
+) -> Vec<i8> {
+    let (n, m) = (w.nrows(), w.ncols());
     let mut wd: Vec<Vec<f64>> = (0..n)
         .map(|i| (0..m).map(|o| w[(i, o)] as f64).collect())
         .collect();
@@ -725,5 +739,562 @@ fn all_zero_weight_gives_zero_codes_and_scales() {
         assert!(g.codes.iter().all(|&c| c == 0));
         assert!(g.scales.iter().all(|&s| s == 0.0));
         assert_eq!(g, rtn(w.as_ref(), bits, scales).unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Low-rank GPTQ (H = XᵀX from T < in tokens, never formed) against the dense path.
+
+/// `(differing codes, total codes)` of two results with the same shape and metadata, after
+/// asserting bit-identical scales.
+fn compare_codes(dense: &Quantized, low: &Quantized, what: &str) -> (usize, usize) {
+    assert_eq!(
+        (low.rows, low.cols, low.bits, low.granularity),
+        (dense.rows, dense.cols, dense.bits, dense.granularity),
+        "{what}"
+    );
+    assert_eq!(
+        low.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+        dense.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+        "{what}: scales"
+    );
+    let differ = dense
+        .codes
+        .iter()
+        .zip(&low.codes)
+        .filter(|(a, b)| a != b)
+        .count();
+    (differ, dense.codes.len())
+}
+
+/// The largest code difference at the first input (in processing order `order`) where two
+/// `out × in` code matrices differ, and the largest difference overall; `(0, 0)` if equal.
+/// The first divergence is a rounding-boundary event (one step); later differences can be
+/// the error feedback carrying it on.
+fn first_and_max_step(a: &[i8], b: &[i8], n: usize, order: &[usize]) -> (i32, i32) {
+    let m = a.len() / n;
+    let step = |i: usize| {
+        (0..m)
+            .map(|o| (a[o * n + i] as i32 - b[o * n + i] as i32).abs())
+            .max()
+            .unwrap_or(0)
+    };
+    let first = order.iter().map(|&i| step(i)).find(|&d| d > 0).unwrap_or(0);
+    let max = (0..n).map(step).max().unwrap_or(0);
+    (first, max)
+}
+
+/// `XᵀX` summed in f64.
+fn hessian_f64(x: &Mat<f32>) -> Vec<Vec<f64>> {
+    let n = x.ncols();
+    (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| {
+                    (0..x.nrows())
+                        .map(|t| x[(t, i)] as f64 * x[(t, j)] as f64)
+                        .sum()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The processing order of GPTQ: index order, or decreasing `diag H` (dead inputs count as
+/// 1, ties by index) with act-order.
+fn processing_order(hd: &[Vec<f64>], act_order: bool) -> Vec<usize> {
+    let n = hd.len();
+    let key: Vec<f32> = (0..n)
+        .map(|i| {
+            if hd[i][i] as f32 == 0.0 {
+                1.0
+            } else {
+                hd[i][i] as f32
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    if act_order {
+        order.sort_by(|&a, &b| key[b].total_cmp(&key[a]).then(a.cmp(&b)));
+    }
+    order
+}
+
+/// The f64 reference (exact `XᵀX`, unblocked) in processing order `order`, codes returned in
+/// the original order.
+fn reference_in_order(
+    w: &Mat<f32>,
+    hd: &[Vec<f64>],
+    order: &[usize],
+    bits: Bits,
+    scales: WeightScales,
+) -> Vec<i8> {
+    let (n, m) = (w.nrows(), w.ncols());
+    let wp = Mat::from_fn(n, m, |k, o| w[(order[k], o)]);
+    let hp: Vec<Vec<f64>> = order
+        .iter()
+        .map(|&a| order.iter().map(|&b| hd[a][b]).collect())
+        .collect();
+    let cp = reference_gptq_f64(&wp, hp, bits, scales, 0.01);
+    let mut codes = vec![0i8; n * m];
+    for o in 0..m {
+        for (k, &i) in order.iter().enumerate() {
+            codes[o * n + i] = cp[o * n + k];
+        }
+    }
+    codes
+}
+
+/// Activations for the low-rank tests: the correlated distribution with outlier channels,
+/// optionally with one dead input column.
+fn low_rank_case(
+    n: usize,
+    m: usize,
+    tokens: usize,
+    dead: Option<usize>,
+    seed: u64,
+) -> (Mat<f32>, Mat<f32>) {
+    let acts = Activations::new(n, (n / 6).clamp(1, 12), 2, seed);
+    let mut x = acts.sample(tokens, seed ^ 0x5a5a);
+    if let Some(d) = dead {
+        for t in 0..tokens {
+            x[(t, d % n)] = 0.0;
+        }
+    }
+    let mut rng = seeded_rng(seed ^ 0xa5a5);
+    let w = gaussian(n, m, &mut rng);
+    (w, x)
+}
+
+/// Counts of one low-rank comparison.
+#[derive(Default, Debug, Clone, Copy)]
+struct Agreement {
+    total: usize,
+    low_vs_dense: usize,
+    low_vs_ref: usize,
+    dense_vs_ref: usize,
+    max_step_vs_dense: i32,
+}
+
+impl std::ops::AddAssign for Agreement {
+    fn add_assign(&mut self, o: Self) {
+        self.total += o.total;
+        self.low_vs_dense += o.low_vs_dense;
+        self.low_vs_ref += o.low_vs_ref;
+        self.dense_vs_ref += o.dense_vs_ref;
+        self.max_step_vs_dense = self.max_step_vs_dense.max(o.max_step_vs_dense);
+    }
+}
+
+/// Runs the low-rank path, the dense path and the f64 reference on one case and checks what
+/// must hold exactly: identical scales, codes on the grid, zero codes for the dead input, and
+/// a first divergence (from dense and from the reference) of exactly one step.
+fn check_low_rank_case(
+    n: usize,
+    m: usize,
+    tokens: usize,
+    block: usize,
+    act_order: bool,
+    dead: Option<usize>,
+    seed: u64,
+) -> Agreement {
+    let (w, x) = low_rank_case(n, m, tokens, dead, seed);
+    let h = hessian(x.as_ref()).unwrap();
+    let hd = hessian_f64(&x);
+    let order = processing_order(&hd, act_order);
+    let c = cfg(block, act_order);
+    let mut agg = Agreement::default();
+    for (bits, scales) in all_settings() {
+        let what = format!(
+            "n={n} m={m} T={tokens} block={block} act_order={act_order} dead={dead:?} \
+             seed={seed} {bits:?} {scales:?}"
+        );
+        let dense = gptq(w.as_ref(), h.as_ref(), bits, scales, &c).unwrap();
+        let low = gptq_low_rank(w.as_ref(), x.as_ref(), bits, scales, &c).unwrap();
+        let want = reference_in_order(&w, &hd, &order, bits, scales);
+        assert_codes_in_range(&low);
+        let (d, total) = compare_codes(&dense, &low, &what);
+        if let Some(j) = dead {
+            assert!(
+                (0..m).all(|o| low.codes[o * n + j % n] == 0),
+                "{what}: dead input"
+            );
+        }
+        let (first_d, max_d) = first_and_max_step(&dense.codes, &low.codes, n, &order);
+        let (first_r, _) = first_and_max_step(&want, &low.codes, n, &order);
+        assert!(
+            first_d <= 1,
+            "{what}: first divergence from dense is {first_d} steps"
+        );
+        assert!(
+            first_r <= 1,
+            "{what}: first divergence from f64 is {first_r} steps"
+        );
+        let a = Agreement {
+            total,
+            low_vs_dense: d,
+            low_vs_ref: low.codes.iter().zip(&want).filter(|(a, b)| a != b).count(),
+            dense_vs_ref: dense
+                .codes
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a != b)
+                .count(),
+            max_step_vs_dense: max_d,
+        };
+        if a.low_vs_dense + a.low_vs_ref > 0 {
+            println!("{what}: {a:?}");
+        }
+        agg += a;
+    }
+    agg
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn low_rank_path_matches_dense_gptq(
+        n in 2usize..120,
+        tokens_frac in 0.0f64..1.0,
+        m in 1usize..30,
+        block in prop_oneof![1usize..8, 8usize..200],
+        act_order in any::<bool>(),
+        dead in proptest::option::of(any::<usize>()),
+        seed in any::<u64>(),
+    ) {
+        // 1 ≤ T ≤ in/2.
+        let tokens = 1 + ((n / 2).saturating_sub(1) as f64 * tokens_frac) as usize;
+        check_low_rank_case(n, m, tokens, block, act_order, dead, seed);
+    }
+}
+
+#[test]
+fn low_rank_path_aggregate_agreement() {
+    let mut rng = seeded_rng(0x10ad);
+    let mut agg = Agreement::default();
+    for case in 0..120u64 {
+        let n = rng.random_range(2usize..120);
+        let tokens = rng.random_range(1..=(n / 2).max(1));
+        let m = rng.random_range(1usize..30);
+        let block = [1, 3, 16, 32, 128][rng.random_range(0..5usize)];
+        let act_order = rng.random::<bool>();
+        let dead = rng.random::<bool>().then(|| rng.random_range(0..n));
+        agg += check_low_rank_case(n, m, tokens, block, act_order, dead, 1000 + case);
+    }
+    let frac = |d: usize| d as f64 / agg.total as f64;
+    println!(
+        "{} codes: low-rank vs dense {} ({:.2e}), low-rank vs f64 {} ({:.2e}), dense vs f64 {} \
+         ({:.2e}); largest step vs dense {}",
+        agg.total,
+        agg.low_vs_dense,
+        frac(agg.low_vs_dense),
+        agg.low_vs_ref,
+        frac(agg.low_vs_ref),
+        agg.dense_vs_ref,
+        frac(agg.dense_vs_ref),
+        agg.max_step_vs_dense
+    );
+    assert!(frac(agg.low_vs_dense) <= 0.005);
+    // The low-rank path works in f64: it is at least as close to the exact answer.
+    assert!(agg.low_vs_ref <= agg.dense_vs_ref);
+}
+
+#[test]
+fn low_rank_gptq_beats_rtn_on_held_out_correlated_activations() {
+    let (n, m, tokens) = (256, 64, 100); // T < in/2: H has rank ≤ 100
+    let acts = Activations::new(n, 16, 4, 11);
+    let x_cal = acts.sample(tokens, 1001);
+    let x_held = acts.sample(1024, 2002); // disjoint draw from the same distribution
+    let mut rng = seeded_rng(12);
+    let w = gaussian(n, m, &mut rng);
+    for (bits, scales) in all_settings() {
+        let e_rtn = output_error(&x_held, &w, &rtn(w.as_ref(), bits, scales).unwrap());
+        for act_order in [false, true] {
+            for block in [128, 16] {
+                let c = cfg(block, act_order);
+                let g = gptq_low_rank(w.as_ref(), x_cal.as_ref(), bits, scales, &c).unwrap();
+                assert_codes_in_range(&g);
+                let e = output_error(&x_held, &w, &g);
+                let ratio = e / e_rtn;
+                println!(
+                    "{bits:?} {scales:?} act_order={act_order} block={block}: \
+                     low-rank gptq {e:.4e} rtn {e_rtn:.4e} ratio {ratio:.3}"
+                );
+                assert!(
+                    ratio <= 0.9,
+                    "{bits:?} {scales:?} act_order={act_order} block={block}: held-out error \
+                     ratio {ratio:.3} > 0.9"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn low_rank_rule_is_the_flop_model() {
+    let c = GptqConfig::default();
+    // The layer that motivates the path, and the measured crossover near T = in/3.
+    assert!(low_rank_is_preferred(1024, 14336, 600, &c));
+    assert!(low_rank_is_preferred(512, 4096, 400, &c));
+    assert!(!low_rank_is_preferred(2048, 4096, 400, &c));
+    assert!(!low_rank_is_preferred(100, 100, 10, &c));
+    let undamped = GptqConfig { damp: 0.0, ..c };
+    assert!(!low_rank_is_preferred(1024, 14336, 600, &undamped));
+    // Monotone in T: one crossover.
+    let flips = (1..4096)
+        .filter(|&t| {
+            low_rank_is_preferred(t, 4096, 400, &c) != low_rank_is_preferred(t + 1, 4096, 400, &c)
+        })
+        .count();
+    assert_eq!(flips, 1);
+}
+
+#[test]
+fn from_activations_dispatch_and_determinism() {
+    let (n, m) = (300, 40);
+    let acts = Activations::new(n, 20, 3, 61);
+    let mut rng = seeded_rng(62);
+    let w = gaussian(n, m, &mut rng);
+    let c = cfg(64, true);
+    // The largest T that takes the low-rank path.
+    let t_max = (1..n)
+        .take_while(|&t| low_rank_is_preferred(t, n, m, &c))
+        .last()
+        .unwrap();
+    assert!((40..n / 2).contains(&t_max), "{t_max}");
+    // At the boundary: low-rank; deterministic run to run.
+    let x = acts.sample(t_max, 63);
+    let a = gptq_from_activations(
+        w.as_ref(),
+        x.as_ref(),
+        Bits::Int4,
+        WeightScales::PerOutput,
+        &c,
+    )
+    .unwrap();
+    let b = gptq_low_rank(
+        w.as_ref(),
+        x.as_ref(),
+        Bits::Int4,
+        WeightScales::PerOutput,
+        &c,
+    )
+    .unwrap();
+    let b2 = gptq_low_rank(
+        w.as_ref(),
+        x.as_ref(),
+        Bits::Int4,
+        WeightScales::PerOutput,
+        &c,
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(b, b2);
+    // One more token: dense, bit for bit `gptq_owned(w, hessian(x))`.
+    let x = acts.sample(t_max + 1, 64);
+    assert!(!low_rank_is_preferred(t_max + 1, n, m, &c));
+    let a = gptq_from_activations(
+        w.as_ref(),
+        x.as_ref(),
+        Bits::Int8,
+        WeightScales::PerTensor,
+        &c,
+    )
+    .unwrap();
+    let d = gptq_owned(
+        w.as_ref(),
+        hessian(x.as_ref()).unwrap(),
+        Bits::Int8,
+        WeightScales::PerTensor,
+        &c,
+    )
+    .unwrap();
+    assert_eq!(a, d);
+    // The forced low-rank path also works for T ≥ in (it is just not cheaper there).
+    let x = acts.sample(400, 65);
+    let low = gptq_low_rank(
+        w.as_ref(),
+        x.as_ref(),
+        Bits::Int8,
+        WeightScales::PerTensor,
+        &c,
+    )
+    .unwrap();
+    let dense = gptq(
+        w.as_ref(),
+        hessian(x.as_ref()).unwrap().as_ref(),
+        Bits::Int8,
+        WeightScales::PerTensor,
+        &c,
+    )
+    .unwrap();
+    let (diff, total) = compare_codes(&dense, &low, "T > in");
+    println!("T > in: {diff} of {total} codes differ");
+    assert!(diff * 200 <= total, "{diff} of {total}");
+    // No damping: dense (and singular for T < in).
+    let undamped = GptqConfig { damp: 0.0, ..c };
+    let x = acts.sample(50, 66);
+    assert!(!low_rank_is_preferred(50, n, m, &undamped));
+    let want = Err(Error::NotPositiveDefinite("gptq hessian"));
+    assert_eq!(
+        gptq_from_activations(
+            w.as_ref(),
+            x.as_ref(),
+            Bits::Int8,
+            WeightScales::PerTensor,
+            &undamped
+        ),
+        want
+    );
+    assert_eq!(
+        gptq_low_rank(
+            w.as_ref(),
+            x.as_ref(),
+            Bits::Int8,
+            WeightScales::PerTensor,
+            &undamped
+        ),
+        want
+    );
+}
+
+#[test]
+fn low_rank_dead_inputs_and_zero_activations() {
+    let (n, m) = (60, 12);
+    let acts = Activations::new(n, 6, 1, 31);
+    let mut x = acts.sample(20, 32);
+    for t in 0..x.nrows() {
+        x[(t, 3)] = 0.0;
+        x[(t, 17)] = 0.0;
+    }
+    let mut rng = seeded_rng(33);
+    let w = gaussian(n, m, &mut rng);
+    for (bits, scales) in all_settings() {
+        for act_order in [false, true] {
+            let c = cfg(8, act_order);
+            let g = gptq_low_rank(w.as_ref(), x.as_ref(), bits, scales, &c).unwrap();
+            for o in 0..m {
+                assert_eq!(g.codes[o * n + 3], 0);
+                assert_eq!(g.codes[o * n + 17], 0);
+            }
+            assert!(g.codes.iter().any(|&c| c != 0));
+            let d = gptq(
+                w.as_ref(),
+                hessian(x.as_ref()).unwrap().as_ref(),
+                bits,
+                scales,
+                &c,
+            )
+            .unwrap();
+            compare_codes(&d, &g, "dead inputs");
+        }
+    }
+    // All inputs dead: every code 0 (the dense path sees H = I), also without damping, and the
+    // scales are still measured on W.
+    let zero = Mat::<f32>::zeros(10, n);
+    for damp in [0.0, 0.01] {
+        let c = GptqConfig {
+            damp,
+            ..GptqConfig::default()
+        };
+        for (bits, scales) in all_settings() {
+            let g = gptq_low_rank(w.as_ref(), zero.as_ref(), bits, scales, &c).unwrap();
+            let d = gptq(
+                w.as_ref(),
+                hessian(zero.as_ref()).unwrap().as_ref(),
+                bits,
+                scales,
+                &c,
+            )
+            .unwrap();
+            assert_eq!(g, d);
+            assert!(g.codes.iter().all(|&c| c == 0));
+            assert_eq!(g.scales, rtn(w.as_ref(), bits, scales).unwrap().scales);
+        }
+    }
+}
+
+#[test]
+fn low_rank_typed_errors() {
+    let mut rng = seeded_rng(91);
+    let (n, m, t) = (12, 5, 4);
+    let w = gaussian(n, m, &mut rng);
+    let x = gaussian(t, n, &mut rng);
+    let x_narrow = gaussian(t, n - 1, &mut rng);
+    let c = GptqConfig::default();
+    type Path = fn(
+        faer::MatRef<'_, f32>,
+        faer::MatRef<'_, f32>,
+        Bits,
+        WeightScales,
+        &GptqConfig,
+    ) -> skillzip_core::Result<Quantized>;
+    let paths: [(&str, Path); 2] = [
+        ("from_activations", gptq_from_activations),
+        ("low_rank", gptq_low_rank),
+    ];
+    for (name, f) in paths {
+        let run = |w: &Mat<f32>, x: &Mat<f32>, c: &GptqConfig| {
+            f(
+                w.as_ref(),
+                x.as_ref(),
+                Bits::Int8,
+                WeightScales::PerOutput,
+                c,
+            )
+        };
+        let mut xb = x.clone();
+        xb[(2, 7)] = f32::NAN;
+        assert_eq!(
+            run(&w, &xb, &c),
+            Err(Error::NonFinite {
+                what: "calibration activations",
+                index: 2 * n + 7
+            }),
+            "{name}"
+        );
+        let mut wb = w.clone();
+        wb[(4, 1)] = f32::INFINITY;
+        assert_eq!(
+            run(&wb, &x, &c),
+            Err(Error::NonFinite {
+                what: "weight",
+                index: 4 * m + 1
+            }),
+            "{name}"
+        );
+        assert_eq!(
+            run(&w, &x_narrow, &c),
+            Err(Error::ShapeMismatch {
+                what: "calibration activations",
+                expected: (t, n),
+                got: (t, n - 1)
+            }),
+            "{name}"
+        );
+        assert_eq!(
+            run(&w, &Mat::zeros(0, n), &c),
+            Err(Error::Empty("calibration activations")),
+            "{name}"
+        );
+        assert_eq!(
+            run(&Mat::zeros(0, m), &x, &c),
+            Err(Error::Empty("weight")),
+            "{name}"
+        );
+        for bad in [
+            GptqConfig { block_size: 0, ..c },
+            GptqConfig { damp: -1.0, ..c },
+            GptqConfig {
+                damp: f32::INFINITY,
+                ..c
+            },
+        ] {
+            assert!(
+                matches!(run(&w, &x, &bad), Err(Error::InvalidConfig(_))),
+                "{name}"
+            );
+        }
     }
 }
