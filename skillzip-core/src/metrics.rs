@@ -43,6 +43,9 @@ pub fn frobenius_sq(m: MatRef<'_, f32>) -> f64 {
 
 /// `‖reference − estimate‖_F / ‖reference‖_F` in f64 (0 when both are zero; infinite when
 /// only the reference is zero).
+///
+/// # Panics
+/// If the two shapes differ.
 pub fn relative_error(reference: MatRef<'_, f32>, estimate: MatRef<'_, f32>) -> f64 {
     assert_eq!(
         (reference.nrows(), reference.ncols()),
