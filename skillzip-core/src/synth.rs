@@ -55,13 +55,12 @@ impl ActivationModel {
         let mut channel_gain: Vec<f32> = (0..c_in)
             .map(|_| 10f32.powf(rng.random::<f32>() - 0.5))
             .collect();
-        let mut chosen = 0;
-        while chosen < outliers.min(c_in) {
-            let i = rng.random_range(0..c_in);
-            if channel_gain[i] < outlier_gain {
-                channel_gain[i] = outlier_gain;
-                chosen += 1;
-            }
+        // Distinct outlier channels (a partial Fisher–Yates shuffle of the indices).
+        let mut order: Vec<usize> = (0..c_in).collect();
+        for k in 0..outliers.min(c_in) {
+            let j = rng.random_range(k..c_in);
+            order.swap(k, j);
+            channel_gain[order[k]] = outlier_gain;
         }
         let norm = 1.0 / (latent as f32).sqrt();
         Self {

@@ -234,3 +234,14 @@ fn compress_skills_extracts_the_shared_component() {
         Err(Error::ShapeMismatch { .. })
     ));
 }
+
+#[test]
+fn activation_model_marks_exactly_the_requested_outliers() {
+    // A gain below the ordinary channels' must not stall the choice of outlier channels.
+    for gain in [0.01f32, 50.0] {
+        let m = ActivationModel::new(40, 4, 7, gain, 3);
+        assert_eq!(m.channel_gain().iter().filter(|g| **g == gain).count(), 7);
+    }
+    let all = ActivationModel::new(5, 2, 9, 50.0, 3);
+    assert!(all.channel_gain().iter().all(|g| *g == 50.0));
+}
