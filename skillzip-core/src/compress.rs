@@ -384,13 +384,21 @@ fn quantize(
     use_gptq: bool,
 ) -> Result<CompressedLayer> {
     let s_inv = smoothing.map(|s| s.s_inv.clone());
-    let x_s = match smoothing {
-        Some(s) => s.smooth_activations(calibration),
-        None => calibration.to_owned(),
-    };
     let gptq_cfg = match cfg.weights {
         WeightQuantizer::Gptq(g) if use_gptq => Some(g),
         _ => None,
+    };
+    // The smoothed calibration rows feed GPTQ's H_A and a static activation scale only; the
+    // candidates scored with RTN and dynamic scales never read them, so skip the copy there.
+    let needs_smoothed = gptq_cfg.is_some() || matches!(cfg.activation, ScaleMode::Static { .. });
+    let smoothed;
+    let x_s: MatRef<'_, f32> = match smoothing {
+        Some(s) if needs_smoothed => {
+            smoothed = s.smooth_activations(calibration);
+            smoothed.as_ref()
+        }
+        // No smoothing: X_s = X. Smoothing but not needed: never read below.
+        _ => calibration,
     };
     let quantize_weight =
         |w: MatRef<'_, f32>, x: MatRef<'_, f32>, bits, scales| -> Result<Quantized> {
@@ -399,12 +407,7 @@ fn quantize(
                 None => gptq::rtn(w, bits, scales),
             }
         };
-    let a = quantize_weight(
-        low.a.as_ref(),
-        x_s.as_ref(),
-        cfg.bits.a,
-        WeightScales::PerTensor,
-    )?;
+    let a = quantize_weight(low.a.as_ref(), x_s, cfg.bits.a, WeightScales::PerTensor)?;
 
     let act_scale = match cfg.activation {
         ScaleMode::Dynamic => ActScale::Dynamic,
@@ -417,7 +420,6 @@ fn quantize(
             }
         }
     };
-    drop(x_s);
     if gptq_cfg.is_none() && cfg.truncation == ScaleMode::Dynamic {
         // Neither H_B nor a static M needs the calibration intermediate.
         let b = gptq::rtn(low.b.as_ref(), cfg.bits.b, cfg.b_scales)?;

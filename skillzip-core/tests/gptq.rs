@@ -336,6 +336,36 @@ fn rtn_is_the_crate_quantizer_on_the_transpose() {
 // ---------------------------------------------------------------------------------------------
 // GPTQ beats RTN on correlated activations.
 
+/// Asserts that `quantize` (GPTQ under every bits/scales setting, act-order on and off, two
+/// block sizes) has at most 0.9× RTN's output error on the held-out rows.
+fn assert_beats_rtn(
+    x_held: &Mat<f32>,
+    w: &Mat<f32>,
+    what: &str,
+    quantize: impl Fn(Bits, WeightScales, &GptqConfig) -> Quantized,
+) {
+    for (bits, scales) in all_settings() {
+        let e_rtn = output_error(x_held, w, &rtn(w.as_ref(), bits, scales).unwrap());
+        for act_order in [false, true] {
+            for block in [128, 16] {
+                let g = quantize(bits, scales, &cfg(block, act_order));
+                assert_codes_in_range(&g);
+                let e = output_error(x_held, w, &g);
+                let ratio = e / e_rtn;
+                println!(
+                    "{bits:?} {scales:?} act_order={act_order} block={block}: \
+                     {what} {e:.4e} rtn {e_rtn:.4e} ratio {ratio:.3}"
+                );
+                assert!(
+                    ratio <= 0.9,
+                    "{what}, {bits:?} {scales:?} act_order={act_order} block={block}: held-out \
+                     error ratio {ratio:.3} > 0.9"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gptq_beats_rtn_on_held_out_correlated_activations() {
     let (n, m) = (128, 64);
@@ -345,26 +375,9 @@ fn gptq_beats_rtn_on_held_out_correlated_activations() {
     let mut rng = seeded_rng(12);
     let w = gaussian(n, m, &mut rng);
     let h = hessian(x_cal.as_ref()).unwrap();
-    for (bits, scales) in all_settings() {
-        let e_rtn = output_error(&x_held, &w, &rtn(w.as_ref(), bits, scales).unwrap());
-        for act_order in [false, true] {
-            for block in [128, 16] {
-                let g = gptq(w.as_ref(), h.as_ref(), bits, scales, &cfg(block, act_order)).unwrap();
-                assert_codes_in_range(&g);
-                let e = output_error(&x_held, &w, &g);
-                let ratio = e / e_rtn;
-                println!(
-                    "{bits:?} {scales:?} act_order={act_order} block={block}: \
-                     gptq {e:.4e} rtn {e_rtn:.4e} ratio {ratio:.3}"
-                );
-                assert!(
-                    ratio <= 0.9,
-                    "{bits:?} {scales:?} act_order={act_order} block={block}: held-out error \
-                     ratio {ratio:.3} > 0.9"
-                );
-            }
-        }
-    }
+    assert_beats_rtn(&x_held, &w, "gptq", |bits, scales, c| {
+        gptq(w.as_ref(), h.as_ref(), bits, scales, c).unwrap()
+    });
 }
 
 #[test]
@@ -1008,27 +1021,9 @@ fn low_rank_gptq_beats_rtn_on_held_out_correlated_activations() {
     let x_held = acts.sample(1024, 2002); // disjoint draw from the same distribution
     let mut rng = seeded_rng(12);
     let w = gaussian(n, m, &mut rng);
-    for (bits, scales) in all_settings() {
-        let e_rtn = output_error(&x_held, &w, &rtn(w.as_ref(), bits, scales).unwrap());
-        for act_order in [false, true] {
-            for block in [128, 16] {
-                let c = cfg(block, act_order);
-                let g = gptq_low_rank(w.as_ref(), x_cal.as_ref(), bits, scales, &c).unwrap();
-                assert_codes_in_range(&g);
-                let e = output_error(&x_held, &w, &g);
-                let ratio = e / e_rtn;
-                println!(
-                    "{bits:?} {scales:?} act_order={act_order} block={block}: \
-                     low-rank gptq {e:.4e} rtn {e_rtn:.4e} ratio {ratio:.3}"
-                );
-                assert!(
-                    ratio <= 0.9,
-                    "{bits:?} {scales:?} act_order={act_order} block={block}: held-out error \
-                     ratio {ratio:.3} > 0.9"
-                );
-            }
-        }
-    }
+    assert_beats_rtn(&x_held, &w, "low-rank gptq", |bits, scales, c| {
+        gptq_low_rank(w.as_ref(), x_cal.as_ref(), bits, scales, c).unwrap()
+    });
 }
 
 #[test]
