@@ -59,6 +59,12 @@ pub enum Error {
         /// How many skillpacks exist.
         count: usize,
     },
+    /// A kernel was requested for an instruction set this CPU (or build target) lacks.
+    #[error("the {isa} kernel path is not available on this CPU")]
+    IsaUnavailable {
+        /// The instruction-set path that was asked for.
+        isa: &'static str,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -12,6 +12,7 @@ pub mod compress;
 pub mod error;
 pub mod gptq;
 pub mod invariants;
+pub mod kernels;
 pub mod layer;
 pub mod merge;
 pub mod metrics;

@@ -8,6 +8,9 @@ use faer::Mat;
 use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::error::Result;
+use crate::layer::{CompressedLayer, Truncation};
+use crate::quant::{ActScale, Bits, Granularity, Quantized};
 use crate::{SeededRng, seeded_rng};
 
 /// A `rows × cols` matrix of independent standard normals.
@@ -138,4 +141,89 @@ impl SkillDeltas {
             .collect();
         Self { deltas }
     }
+}
+
+/// What [`random_layer`] builds: shapes, grids and runtime modes of a [`CompressedLayer`]
+/// with uniformly random codes — the fixture of kernel tests and benches, where the values
+/// only need to be valid, not to approximate a delta.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomLayer {
+    /// Input channels `C_i`.
+    pub c_in: usize,
+    /// Rank `R`.
+    pub rank: usize,
+    /// Output channels `C_o`.
+    pub c_out: usize,
+    /// Activation grid.
+    pub act_bits: Bits,
+    /// `Â` grid.
+    pub a_bits: Bits,
+    /// `B̂` grid.
+    pub b_bits: Bits,
+    /// Whether the layer carries a smoothing vector.
+    pub smoothing: bool,
+    /// `B̂` scales per output channel (else one per tensor).
+    pub b_per_channel: bool,
+    /// Activation scale mode.
+    pub act_scale: ActScale,
+    /// Truncation mode.
+    pub truncation: Truncation,
+}
+
+impl RandomLayer {
+    /// An X8A8B8 layer with dynamic scales, smoothing and per-channel `B̂` scales.
+    pub fn x8a8b8(c_in: usize, rank: usize, c_out: usize) -> Self {
+        Self {
+            c_in,
+            rank,
+            c_out,
+            act_bits: Bits::Int8,
+            a_bits: Bits::Int8,
+            b_bits: Bits::Int8,
+            smoothing: true,
+            b_per_channel: true,
+            act_scale: ActScale::Dynamic,
+            truncation: Truncation::Dynamic,
+        }
+    }
+}
+
+/// A [`CompressedLayer`] with uniformly random codes on each grid, scales in `(0.001, 0.1]`
+/// and smoothing reciprocals in `[0.25, 4)`.
+pub fn random_layer(spec: &RandomLayer, rng: &mut SeededRng) -> Result<CompressedLayer> {
+    let mut codes = |n: usize, bits: Bits| -> Vec<i8> {
+        let q = bits.qmax();
+        (0..n).map(|_| rng.random_range(-q..=q) as i8).collect()
+    };
+    let a_codes = codes(spec.rank * spec.c_in, spec.a_bits);
+    let b_codes = codes(spec.c_out * spec.rank, spec.b_bits);
+    let b_granularity = if spec.b_per_channel {
+        Granularity::PerRow
+    } else {
+        Granularity::PerTensor
+    };
+    let b_groups = if spec.b_per_channel { spec.c_out } else { 1 };
+    let mut scale = || 0.001 + 0.099 * (1.0 - rng.random::<f32>());
+    let a = Quantized {
+        rows: spec.rank,
+        cols: spec.c_in,
+        bits: spec.a_bits,
+        granularity: Granularity::PerTensor,
+        codes: a_codes,
+        scales: vec![scale()],
+    };
+    let b = Quantized {
+        rows: spec.c_out,
+        cols: spec.rank,
+        bits: spec.b_bits,
+        granularity: b_granularity,
+        codes: b_codes,
+        scales: (0..b_groups).map(|_| scale()).collect(),
+    };
+    let s_inv = spec.smoothing.then(|| {
+        (0..spec.c_in)
+            .map(|_| 0.25 * 16f32.powf(rng.random::<f32>()))
+            .collect()
+    });
+    CompressedLayer::new(s_inv, spec.act_bits, spec.act_scale, a, b, spec.truncation)
 }
