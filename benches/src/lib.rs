@@ -4,6 +4,7 @@
 
 use faer::Mat;
 use skillzip_core::compress::CompressConfig;
+use skillzip_core::kernels::pack::Block;
 use skillzip_core::synth::{ActivationModel, Splits, power_law_matrix};
 
 /// A linear layer shape from the paper's kernel table.
@@ -56,4 +57,94 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// SmolLM2-135M linear shapes the server runs (`q/o_proj` 576², `gate/up_proj` 576→1536,
+/// `down_proj` 1536→576); the rank is set per bench.
+pub const SMOLLM_SHAPES: [Shape; 3] = [
+    Shape {
+        name: "smollm_576x576",
+        c_in: 576,
+        c_out: 576,
+        rank: 64,
+    },
+    Shape {
+        name: "smollm_576x1536",
+        c_in: 576,
+        c_out: 1536,
+        rank: 64,
+    },
+    Shape {
+        name: "smollm_1536x576",
+        c_in: 1536,
+        c_out: 576,
+        rank: 64,
+    },
+];
+
+/// Bytes the rotating copies of a benchmarked operand must span so that every iteration
+/// reads them from DRAM: three times a 32 MiB last-level cache.
+pub const COLD_BYTES: usize = 96 << 20;
+
+/// Copies of an operand, handed out round-robin so that consecutive iterations touch
+/// different memory and the total exceeds the last-level cache ([`COLD_BYTES`]). Kernel and
+/// baselines are measured cold alike.
+#[derive(Debug)]
+pub struct Cold<T> {
+    copies: Vec<T>,
+    next: usize,
+}
+
+impl<T> Cold<T> {
+    /// `make(i)` builds copy `i`; enough copies are made to cover [`COLD_BYTES`] given
+    /// `bytes` per copy (at least one).
+    pub fn new(bytes: usize, mut make: impl FnMut(usize) -> T) -> Self {
+        let count = COLD_BYTES.div_ceil(bytes.max(1)).max(1);
+        Self {
+            copies: (0..count).map(&mut make).collect(),
+            next: 0,
+        }
+    }
+
+    /// The next copy in rotation.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> &T {
+        let i = self.next;
+        self.next = (i + 1) % self.copies.len();
+        &self.copies[i]
+    }
+
+    /// Number of copies.
+    pub fn len(&self) -> usize {
+        self.copies.len()
+    }
+
+    /// Whether there are no copies (never, by construction).
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
+}
+
+/// Reads every byte of `parts` once, split over rayon's pool in 256 KiB chunks, and returns
+/// a checksum so the reads cannot be optimised away: the memory floor the decode kernels are
+/// compared with (same bytes, same threads).
+pub fn stream_read(parts: &[&[Block]]) -> u64 {
+    use rayon::prelude::*;
+    const CHUNK_BLOCKS: usize = 4096;
+    parts
+        .iter()
+        .map(|part| {
+            part.par_chunks(CHUNK_BLOCKS)
+                .map(|chunk| {
+                    let mut lanes = [0u64; 8];
+                    for block in chunk {
+                        for (lane, w) in lanes.iter_mut().zip(block.0.chunks_exact(8)) {
+                            *lane = lane.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
+                        }
+                    }
+                    lanes.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                })
+                .reduce(|| 0, u64::wrapping_add)
+        })
+        .fold(0, u64::wrapping_add)
 }

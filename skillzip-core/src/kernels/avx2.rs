@@ -85,7 +85,11 @@ fn quantize_impl(x: &[f32], s_inv: Option<&[f32]>, inv: f32, bits: Bits, out: &m
                 // SAFETY: as above.
                 v = _mm256_mul_ps(v, unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) });
             }
-            let c = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, vinv), lo), hi);
+            // A smoothed value that overflowed to ±inf meets `inv = 0`: NaN, which the
+            // reference turns into code 0 (`max_ps` would pick the bound), so zero it first.
+            let p = _mm256_mul_ps(v, vinv);
+            let p = _mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
+            let c = _mm256_min_ps(_mm256_max_ps(p, lo), hi);
             let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(c);
             *qp = _mm256_cvtps_epi32(r);
         }
@@ -105,6 +109,19 @@ fn quantize_impl(x: &[f32], s_inv: Option<&[f32]>, inv: f32, bits: Bits, out: &m
         bits,
         &mut out[body..],
     );
+}
+
+/// Asks the cache hierarchy to fetch `values` into L2 ahead of use (`prefetcht1`, SSE: every
+/// x86-64 CPU has it). Small skillpacks are read in two dependent phases (Â, then B̂ after
+/// the truncation); prefetching everything at the start overlaps their DRAM latency.
+pub(super) fn prefetch<T>(values: &[T]) {
+    let bytes = std::mem::size_of_val(values);
+    let base = values.as_ptr() as *const i8;
+    for offset in (0..bytes).step_by(64) {
+        // SAFETY: `offset < bytes`, so the address lies inside `values`; a prefetch never
+        // faults and has no architectural effect.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(offset)) };
+    }
 }
 
 /// `acc + Σ_pairs (|x| · sign(w, x))`: four exact products of each 32-bit lane added to `acc`.
@@ -147,28 +164,62 @@ macro_rules! gemm256 {
             } = args;
             let out_tile_stride = rows * TILE_N;
             let count = tiles.len();
+            let per = w.blocks_per_tile();
             for j in (0..count).step_by(2) {
                 let nt = (count - j).min(2);
-                for t in (0..rows).step_by(2) {
-                    let tb = (rows - t).min(2);
-                    // SAFETY: row block `t..t + tb` and tiles `j..j + nt` lie inside the
-                    // extents `gemm` validated.
-                    unsafe {
-                        let x_row = x.as_ptr().add(t * x_stride);
-                        let out_block = out.as_mut_ptr().add(j * out_tile_stride + t * TILE_N);
-                        let tile = tiles.start + j;
-                        match (tb, nt) {
-                            (1, 1) => {
-                                micro::<1, 1>(x_row, x_stride, w, tile, out_block, out_tile_stride)
-                            }
-                            (1, 2) => {
-                                micro::<1, 2>(x_row, x_stride, w, tile, out_block, out_tile_stride)
-                            }
-                            (2, 1) => {
-                                micro::<2, 1>(x_row, x_stride, w, tile, out_block, out_tile_stride)
-                            }
-                            _ => {
-                                micro::<2, 2>(x_row, x_stride, w, tile, out_block, out_tile_stride)
+                // K chunks: the chunk of the `nt` panels stays in L1 for every row block.
+                for kc in (0..per).step_by(KC_BLOCKS) {
+                    let chunk = Chunk {
+                        blocks: kc..(kc + KC_BLOCKS).min(per),
+                        first: kc == 0,
+                        last: kc + KC_BLOCKS >= per,
+                    };
+                    for t in (0..rows).step_by(2) {
+                        let tb = (rows - t).min(2);
+                        // SAFETY: row block `t..t + tb` and tiles `j..j + nt` lie inside the
+                        // extents `gemm` validated.
+                        unsafe {
+                            let x_row = x.as_ptr().add(t * x_stride);
+                            let out_block = out.as_mut_ptr().add(j * out_tile_stride + t * TILE_N);
+                            let tile = tiles.start + j;
+                            let c = chunk.clone();
+                            match (tb, nt) {
+                                (1, 1) => micro::<1, 1>(
+                                    x_row,
+                                    x_stride,
+                                    w,
+                                    tile,
+                                    c,
+                                    out_block,
+                                    out_tile_stride,
+                                ),
+                                (1, 2) => micro::<1, 2>(
+                                    x_row,
+                                    x_stride,
+                                    w,
+                                    tile,
+                                    c,
+                                    out_block,
+                                    out_tile_stride,
+                                ),
+                                (2, 1) => micro::<2, 1>(
+                                    x_row,
+                                    x_stride,
+                                    w,
+                                    tile,
+                                    c,
+                                    out_block,
+                                    out_tile_stride,
+                                ),
+                                _ => micro::<2, 2>(
+                                    x_row,
+                                    x_stride,
+                                    w,
+                                    tile,
+                                    c,
+                                    out_block,
+                                    out_tile_stride,
+                                ),
                             }
                         }
                     }
@@ -187,12 +238,15 @@ macro_rules! gemm256 {
             _mm256_set1_epi32(unsafe { (p as *const i32).read_unaligned() })
         }
 
-        /// `TB` rows × `NT` tiles (two 8-column halves each), accumulators in registers.
+        /// `TB` rows × `NT` tiles (two 8-column halves each) over the blocks of `chunk`,
+        /// accumulators in registers (starting from the partial sums in `out` unless
+        /// `chunk.first`; an offset correction is applied after `chunk.last`).
         ///
         /// # Safety
         /// The features are present; rows `0..TB` of `x` (stride `xs`) have `w.k_padded()`
-        /// readable bytes; tiles `tile0..tile0 + NT` exist in `w`; `out + j·ots + t·16` is
-        /// writable for 16 lanes for every `j < NT`, `t < TB`.
+        /// readable bytes; tiles `tile0..tile0 + NT` exist in `w` and `chunk.blocks` lies
+        /// within their panels; `out + j·ots + t·16` is readable and writable for 16 lanes
+        /// for every `j < NT`, `t < TB`.
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn micro<const TB: usize, const NT: usize>(
@@ -200,10 +254,26 @@ macro_rules! gemm256 {
             xs: usize,
             w: &PackedMatrix,
             tile0: usize,
+            chunk: Chunk,
             out: *mut i32,
             ots: usize,
         ) {
             let mut acc = [[[_mm256_setzero_si256(); 2]; NT]; TB];
+            if !chunk.first {
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    for (j, acc_tj) in acc_t.iter_mut().enumerate() {
+                        for (h, a) in acc_tj.iter_mut().enumerate() {
+                            // SAFETY: the caller guarantees 16 readable lanes at
+                            // `out + j·ots + t·16`; this half reads 8 of them.
+                            *a = unsafe {
+                                _mm256_loadu_si256(
+                                    out.add(j * ots + t * TILE_N + 8 * h) as *const __m256i
+                                )
+                            };
+                        }
+                    }
+                }
+            }
             let per = w.blocks_per_tile();
             let panel0 = w.panel(tile0).as_ptr() as *const __m256i;
             // Half `h` of block `b` of tile `tile0 + j`.
@@ -214,7 +284,7 @@ macro_rules! gemm256 {
                     -8, -7, -6, -5, -4, -3, -2, -1,
                 );
                 let nibble = _mm256_set1_epi8(0x0f);
-                for p in 0..per {
+                for p in chunk.blocks.clone() {
                     let mut lo = [[_mm256_setzero_si256(); 2]; NT];
                     let mut hi = [[_mm256_setzero_si256(); 2]; NT];
                     for j in 0..NT {
@@ -243,7 +313,7 @@ macro_rules! gemm256 {
                     }
                 }
             } else {
-                for g in 0..per {
+                for g in chunk.blocks.clone() {
                     let mut wv = [[_mm256_setzero_si256(); 2]; NT];
                     for j in 0..NT {
                         for h in 0..2 {
@@ -264,7 +334,7 @@ macro_rules! gemm256 {
             }
             for j in 0..NT {
                 for h in 0..2 {
-                    let correction = if $offset {
+                    let correction = if $offset && chunk.last {
                         // SAFETY: `col_sums` has 16 entries per tile; tile `tile0 + j` exists.
                         let sums = unsafe {
                             _mm256_loadu_si256(
@@ -296,8 +366,8 @@ pub(super) use gemm256;
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::super::GemmArgs;
     use super::super::pack::{GROUP_K, PackedMatrix, TILE_N};
+    use super::super::{Chunk, GemmArgs, KC_BLOCKS};
     use super::{available, sign_trick_step};
 
     gemm256!(features = "avx2", step = sign_trick_step, offset = false);

@@ -8,8 +8,8 @@
 
 use std::arch::x86_64::*;
 
-use super::GemmArgs;
 use super::pack::{GROUP_K, PackedMatrix, TILE_N};
+use super::{Chunk, GemmArgs, KC_BLOCKS};
 use crate::quant::Bits;
 
 /// Whether the CPU runs this path.
@@ -79,7 +79,12 @@ fn quantize_impl(x: &[f32], s_inv: Option<&[f32]>, inv: f32, qmax: f32, out: &mu
             // SAFETY: as above.
             v = _mm512_mul_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, s.as_ptr().add(i)) });
         }
-        let q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), lo), hi);
+        // `x·s⁻¹` can overflow to ±inf for finite inputs; then `inv = 0` and the product is
+        // NaN, which the reference's `as i8` turns into 0. `max_ps` would pick the bound
+        // instead, so NaN lanes are zeroed first.
+        let p = _mm512_mul_ps(v, vinv);
+        let p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), p);
+        let q = _mm512_min_ps(_mm512_max_ps(p, lo), hi);
         let codes =
             _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
         // SAFETY: masked to lanes `i..min(i + 16, len)` of `out` (same length as `x`).
@@ -110,27 +115,38 @@ unsafe fn gemm_impl(args: GemmArgs<'_>) {
     } = args;
     let out_tile_stride = rows * TILE_N;
     let count = tiles.len();
+    let per = w.blocks_per_tile();
     for j in (0..count).step_by(4) {
         let nt = (count - j).min(4);
-        for t in (0..rows).step_by(4) {
-            let tb = (rows - t).min(4);
-            // SAFETY: row block `t..t + tb` and tiles `j..j + nt` lie inside the extents
-            // `gemm` validated; `micro` reads `tb` rows × `k_padded` bytes from `x_row` and
-            // writes `nt` tiles × `tb` rows × 16 lanes at `out_block`.
-            unsafe {
-                let x_row = x.as_ptr().add(t * x_stride);
-                let out_block = out.as_mut_ptr().add(j * out_tile_stride + t * TILE_N);
-                let tile = tiles.start + j;
-                macro_rules! call {
-                    ($($tb:literal, $nt:literal);*) => {
-                        match (tb, nt) {
-                            $(($tb, $nt) => micro::<$tb, $nt>(x_row, x_stride, w, tile, out_block, out_tile_stride),)*
-                            _ => unreachable!("blocks are at most 4 × 4"),
-                        }
-                    };
+        // K chunks of `KC_BLOCKS` blocks: the chunk of the `nt` panels stays in L1 while
+        // every row block uses it; partial sums wait in `out`.
+        for kc in (0..per).step_by(KC_BLOCKS) {
+            let chunk = Chunk {
+                blocks: kc..(kc + KC_BLOCKS).min(per),
+                first: kc == 0,
+                last: kc + KC_BLOCKS >= per,
+            };
+            for t in (0..rows).step_by(4) {
+                let tb = (rows - t).min(4);
+                // SAFETY: row block `t..t + tb` and tiles `j..j + nt` lie inside the extents
+                // `gemm` validated; `micro` reads `tb` rows × `k_padded` bytes from `x_row`
+                // and reads/writes `nt` tiles × `tb` rows × 16 lanes at `out_block`.
+                unsafe {
+                    let x_row = x.as_ptr().add(t * x_stride);
+                    let out_block = out.as_mut_ptr().add(j * out_tile_stride + t * TILE_N);
+                    let tile = tiles.start + j;
+                    let c = chunk.clone();
+                    macro_rules! call {
+                        ($($tb:literal, $nt:literal);*) => {
+                            match (tb, nt) {
+                                $(($tb, $nt) => micro::<$tb, $nt>(x_row, x_stride, w, tile, c, out_block, out_tile_stride),)*
+                                _ => unreachable!("blocks are at most 4 × 4"),
+                            }
+                        };
+                    }
+                    call!(1, 1; 1, 2; 1, 3; 1, 4; 2, 1; 2, 2; 2, 3; 2, 4;
+                          3, 1; 3, 2; 3, 3; 3, 4; 4, 1; 4, 2; 4, 3; 4, 4);
                 }
-                call!(1, 1; 1, 2; 1, 3; 1, 4; 2, 1; 2, 2; 2, 3; 2, 4;
-                      3, 1; 3, 2; 3, 3; 3, 4; 4, 1; 4, 2; 4, 3; 4, 4);
             }
         }
     }
@@ -147,12 +163,14 @@ unsafe fn broadcast4(p: *const i8) -> __m512i {
     _mm512_set1_epi32(unsafe { (p as *const i32).read_unaligned() })
 }
 
-/// `TB` rows × `NT` tiles of the GEMM, accumulators in registers.
+/// `TB` rows × `NT` tiles of the GEMM over the blocks of `chunk`, accumulators in registers
+/// (starting from the partial sums in `out` unless `chunk.first`; the VNNI correction is
+/// applied after `chunk.last`).
 ///
 /// # Safety
 /// AVX-512F/BW/VNNI present; rows `0..TB` of `x` (stride `xs`) have `w.k_padded()` readable
-/// bytes; tiles `tile0..tile0 + NT` exist in `w`; `out + j·ots + t·16` is writable for 16
-/// lanes for every `j < NT`, `t < TB`.
+/// bytes; tiles `tile0..tile0 + NT` exist in `w` and `chunk.blocks` lies within their panels;
+/// `out + j·ots + t·16` is readable and writable for 16 lanes for every `j < NT`, `t < TB`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn micro<const TB: usize, const NT: usize>(
@@ -160,10 +178,19 @@ unsafe fn micro<const TB: usize, const NT: usize>(
     xs: usize,
     w: &PackedMatrix,
     tile0: usize,
+    chunk: Chunk,
     out: *mut i32,
     ots: usize,
 ) {
     let mut acc = [[_mm512_setzero_si512(); NT]; TB];
+    if !chunk.first {
+        for (t, acc_t) in acc.iter_mut().enumerate() {
+            for (j, a) in acc_t.iter_mut().enumerate() {
+                // SAFETY: the caller guarantees 16 readable lanes at `out + j·ots + t·16`.
+                *a = unsafe { _mm512_loadu_si512(out.add(j * ots + t * TILE_N) as *const __m512i) };
+            }
+        }
+    }
     let per = w.blocks_per_tile();
     let panel0 = w.panel(tile0).as_ptr();
     if w.is_nibbles() {
@@ -171,7 +198,7 @@ unsafe fn micro<const TB: usize, const NT: usize>(
             0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1,
         ));
         let nibble = _mm512_set1_epi8(0x0f);
-        for p in 0..per {
+        for p in chunk.blocks.clone() {
             let mut lo = [_mm512_setzero_si512(); NT];
             let mut hi = [_mm512_setzero_si512(); NT];
             for j in 0..NT {
@@ -195,7 +222,7 @@ unsafe fn micro<const TB: usize, const NT: usize>(
             }
         }
     } else {
-        for g in 0..per {
+        for g in chunk.blocks.clone() {
             let mut wv = [_mm512_setzero_si512(); NT];
             for (j, v) in wv.iter_mut().enumerate() {
                 // SAFETY: block `g < per` of tile `tile0 + j`.
@@ -211,11 +238,15 @@ unsafe fn micro<const TB: usize, const NT: usize>(
         }
     }
     for j in 0..NT {
-        // SAFETY: `col_sums` has 16 entries per tile; tile `tile0 + j` exists.
-        let sums = unsafe {
-            _mm512_loadu_si512(w.col_sums().as_ptr().add((tile0 + j) * TILE_N) as *const __m512i)
+        let correction = if chunk.last {
+            // SAFETY: `col_sums` has 16 entries per tile; tile `tile0 + j` exists.
+            let sums = unsafe {
+                _mm512_loadu_si512(w.col_sums().as_ptr().add((tile0 + j) * TILE_N) as *const __m512i)
+            };
+            _mm512_slli_epi32::<7>(sums)
+        } else {
+            _mm512_setzero_si512()
         };
-        let correction = _mm512_slli_epi32::<7>(sums);
         for (t, acc_t) in acc.iter().enumerate() {
             // SAFETY: the caller guarantees 16 writable lanes at `out + j·ots + t·16`.
             unsafe {

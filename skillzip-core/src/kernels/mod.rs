@@ -210,6 +210,21 @@ impl GemmArgs<'_> {
     }
 }
 
+/// Packed blocks per K chunk of the SIMD GEMMs (256 INT8 K values): with 4 tiles the chunk of
+/// the panels is 16 KiB and stays in L1 while every row block of a call uses it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const KC_BLOCKS: usize = 64;
+
+/// A K chunk of a panel, in blocks, and whether it is the first (accumulators start at zero)
+/// or the last (the offset correction follows).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Chunk {
+    blocks: Range<usize>,
+    first: bool,
+    last: bool,
+}
+
 /// How the kernels use threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Parallelism {
@@ -417,6 +432,10 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 const ROW_BLOCK_MIN: usize = 16;
 /// Rows from which a batch is split over row blocks instead of over output tiles.
 const ROW_SPLIT_MIN: usize = 64;
+/// Skillpacks up to this size are prefetched whole at the start of a batch (small layers are
+/// latency-bound: two dependent phases of a few KiB each).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const PREFETCH_MAX_BYTES: usize = 512 << 10;
 /// Work units per thread when splitting over tiles (load balance).
 const UNITS_PER_THREAD: usize = 4;
 
@@ -757,6 +776,14 @@ impl<A: Activation> Context<'_, A> {
         let layer = self.layers[batch.layer];
         let (isa, n, ci, r) = (self.isa, batch.len, self.ci, layer.rank());
         let order = &self.order[batch.start..batch.start + n];
+        #[cfg(target_arch = "x86_64")]
+        if layer.weight_bytes() <= PREFETCH_MAX_BYTES {
+            avx2::prefetch(layer.a.blocks());
+            avx2::prefetch(layer.b.blocks());
+            avx2::prefetch(layer.b.col_sums());
+            avx2::prefetch(&layer.b_scales);
+            avx2::prefetch(layer.s_inv.as_deref().unwrap_or_default());
+        }
         // 1. Smooth + quantize each row.
         let quantize = |(row, (x_hat, sigma)): (usize, (&mut [i8], &mut f32))| {
             let src = &self.x[order[row] as usize * ci..][..ci];

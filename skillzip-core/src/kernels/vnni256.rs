@@ -11,9 +11,9 @@
 pub(super) mod vex {
     use std::arch::x86_64::*;
 
-    use super::super::GemmArgs;
     use super::super::avx2::gemm256;
     use super::super::pack::{GROUP_K, PackedMatrix, TILE_N};
+    use super::super::{Chunk, GemmArgs, KC_BLOCKS};
 
     /// Whether the CPU runs this path.
     pub(in super::super) fn available() -> bool {
@@ -34,9 +34,9 @@ pub(super) mod vex {
 pub(super) mod evex {
     use std::arch::x86_64::*;
 
-    use super::super::GemmArgs;
     use super::super::avx2::gemm256;
     use super::super::pack::{GROUP_K, PackedMatrix, TILE_N};
+    use super::super::{Chunk, GemmArgs, KC_BLOCKS};
 
     /// Whether the CPU runs this path.
     pub(in super::super) fn available() -> bool {
