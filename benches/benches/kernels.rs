@@ -228,14 +228,14 @@ fn grouped(c: &mut Criterion) {
     let shape = DOWN_PROJ;
     let (t, count) = (32usize, 5usize);
     let skill: Vec<Option<usize>> = (0..t).map(|i| Some(i % count)).collect();
+    // At least 4 sets so that even one skillpack's copies span more than the cache.
     let layer_sets: Vec<Vec<PackedLayer>> = {
         let five: Vec<PackedLayer> = (0..count)
             .map(|k| packed(shape, shape.rank, 40 + k as u64))
             .collect();
         let bytes: usize = five.iter().map(PackedLayer::weight_bytes).sum();
-        (0..skillzip_benches::COLD_BYTES.div_ceil(bytes).max(1))
-            .map(|_| five.clone())
-            .collect()
+        let sets = skillzip_benches::COLD_BYTES.div_ceil(bytes).max(4);
+        (0..sets).map(|_| five.clone()).collect()
     };
     let bytes: usize = layer_sets[0].iter().map(PackedLayer::weight_bytes).sum();
     let mut group = c.benchmark_group(format!("grouped/{}_r{}/T{t}", shape.name, shape.rank));
@@ -269,9 +269,11 @@ fn grouped(c: &mut Criterion) {
     });
     group.bench_function(format!("x8a8b8_1pack_{}", kernel.isa().name()), |b| {
         b.iter(|| {
-            next = (next + 1) % layer_sets.len();
+            // Every skillpack of every set in turn, so one pack's copies are cold too.
+            next = (next + 1) % (layer_sets.len() * count);
+            let pack = &layer_sets[next % layer_sets.len()][next / layer_sets.len()];
             kernel
-                .apply(&layer_sets[next][0], black_box(&x), &mut y, &mut scratch)
+                .apply(pack, black_box(&x), &mut y, &mut scratch)
                 .expect("shapes agree")
         })
     });

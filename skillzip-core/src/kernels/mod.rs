@@ -223,6 +223,8 @@ struct Chunk {
     blocks: Range<usize>,
     first: bool,
     last: bool,
+    /// Whether this call is the chunk's first row block (it prefetches the next chunk).
+    lead: bool,
 }
 
 /// How the kernels use threads.
@@ -436,6 +438,8 @@ const ROW_SPLIT_MIN: usize = 64;
 /// latency-bound: two dependent phases of a few KiB each).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_MAX_BYTES: usize = 512 << 10;
+/// Tiles of the largest register block of any path; tile-split units are multiples of it.
+const TILES_PER_BLOCK: usize = 4;
 /// Work units per thread when splitting over tiles (load balance).
 const UNITS_PER_THREAD: usize = 4;
 
@@ -934,7 +938,11 @@ fn gemm_split(
         isa.gemm(x, x_stride, rows, w, 0..total, out);
         return;
     }
-    let per_unit = total.div_ceil(threads * UNITS_PER_THREAD).max(1);
+    // Units of whole register blocks (4 tiles): a unit that ends in a 1-tile remainder runs
+    // that tile at a quarter of the block's efficiency.
+    let per_unit = total
+        .div_ceil(threads * UNITS_PER_THREAD)
+        .next_multiple_of(TILES_PER_BLOCK);
     out.par_chunks_mut(per_unit * rows * TILE_N)
         .enumerate()
         .for_each(|(u, chunk)| {
