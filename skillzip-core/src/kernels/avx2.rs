@@ -173,7 +173,6 @@ macro_rules! gemm256 {
                         blocks: kc..(kc + KC_BLOCKS).min(per),
                         first: kc == 0,
                         last: kc + KC_BLOCKS >= per,
-                        lead: false,
                     };
                     for t in (0..rows).step_by(2) {
                         let tb = (rows - t).min(2);
@@ -183,10 +182,7 @@ macro_rules! gemm256 {
                             let x_row = x.as_ptr().add(t * x_stride);
                             let out_block = out.as_mut_ptr().add(j * out_tile_stride + t * TILE_N);
                             let tile = tiles.start + j;
-                            let c = Chunk {
-                                lead: t == 0,
-                                ..chunk.clone()
-                            };
+                            let c = chunk.clone();
                             match (tb, nt) {
                                 (1, 1) => micro::<1, 1>(
                                     x_row,
@@ -318,14 +314,11 @@ macro_rules! gemm256 {
                 }
             } else {
                 for g in chunk.blocks.clone() {
-                    if chunk.lead {
-                        for j in 0..NT {
-                            // Software prefetch one chunk ahead during the first row block;
-                            // `wrapping_add` keeps the address defined past the panel's end
-                            // (a prefetch never faults).
-                            let ahead = panel0.wrapping_add(2 * (j * per + g + KC_BLOCKS));
-                            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                        }
+                    for j in 0..NT {
+                        // Software prefetch one chunk ahead in every row block (see avx512.rs);
+                        // `wrapping_add` keeps the address defined past the panel's end.
+                        let ahead = panel0.wrapping_add(2 * (j * per + g + KC_BLOCKS));
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     }
                     let mut wv = [[_mm256_setzero_si256(); 2]; NT];
                     for j in 0..NT {

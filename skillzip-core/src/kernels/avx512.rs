@@ -125,7 +125,6 @@ unsafe fn gemm_impl(args: GemmArgs<'_>) {
                 blocks: kc..(kc + KC_BLOCKS).min(per),
                 first: kc == 0,
                 last: kc + KC_BLOCKS >= per,
-                lead: false,
             };
             for t in (0..rows).step_by(4) {
                 let tb = (rows - t).min(4);
@@ -136,10 +135,7 @@ unsafe fn gemm_impl(args: GemmArgs<'_>) {
                     let x_row = x.as_ptr().add(t * x_stride);
                     let out_block = out.as_mut_ptr().add(j * out_tile_stride + t * TILE_N);
                     let tile = tiles.start + j;
-                    let c = Chunk {
-                        lead: t == 0,
-                        ..chunk.clone()
-                    };
+                    let c = chunk.clone();
                     macro_rules! call {
                         ($($tb:literal, $nt:literal);*) => {
                             match (tb, nt) {
@@ -227,14 +223,13 @@ unsafe fn micro<const TB: usize, const NT: usize>(
         }
     } else {
         for g in chunk.blocks.clone() {
-            if chunk.lead {
-                for j in 0..NT {
-                    // Software prefetch one chunk ahead, spread over the k loop of the first
-                    // row block. `wrapping_add` keeps the address computation defined past
-                    // the panel's end; a prefetch never faults.
-                    let ahead = panel0.wrapping_add(j * per + g + KC_BLOCKS);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                }
+            for j in 0..NT {
+                // Software prefetch one chunk ahead, spread over the k loop of every row block
+                // (issued all at once in the first one, it stalls that block on memory).
+                // `wrapping_add` keeps the address defined past the panel's end; a prefetch
+                // never faults.
+                let ahead = panel0.wrapping_add(j * per + g + KC_BLOCKS);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
             let mut wv = [_mm512_setzero_si512(); NT];
             for (j, v) in wv.iter_mut().enumerate() {

@@ -223,8 +223,6 @@ struct Chunk {
     blocks: Range<usize>,
     first: bool,
     last: bool,
-    /// Whether this call is the chunk's first row block (it prefetches the next chunk).
-    lead: bool,
 }
 
 /// How the kernels use threads.
