@@ -4,6 +4,9 @@
 //! skillpack layer, and how that layer is applied at run time with integer GEMMs.
 //!
 //! - [`quant`]: symmetric INT8/INT4 quantizers, INT4 packing and the i32→i8 truncation.
+//! - [`runtime`]: the reference runtime (the oracle); [`kernels`]: the same computation on
+//!   integer SIMD (AVX-512 VNNI, AVX-VNNI, AVX2, scalar), bit-identical, grouped by skillpack.
+//! - [`compress`]: the one-layer SkillZip pipeline; [`baselines`], [`metrics`], [`study`].
 //! - [`error`]: the crate's typed [`Error`].
 #![deny(missing_docs)]
 

@@ -936,11 +936,12 @@ fn gemm_split(
         isa.gemm(x, x_stride, rows, w, 0..total, out);
         return;
     }
-    // Units of whole register blocks (4 tiles): a unit that ends in a 1-tile remainder runs
-    // that tile at a quarter of the block's efficiency.
-    let per_unit = total
-        .div_ceil(threads * UNITS_PER_THREAD)
-        .next_multiple_of(TILES_PER_BLOCK);
+    // Units of whole register blocks (4 tiles; a unit ending in a 1-tile remainder runs that
+    // tile at a quarter of a block's efficiency), rounded down so there are at least
+    // `UNITS_PER_THREAD` per thread to balance (rounding up left one thread 63% of the
+    // work for a 38-tile GEMM on 2 threads).
+    let per_unit = (total / (threads * UNITS_PER_THREAD) / TILES_PER_BLOCK * TILES_PER_BLOCK)
+        .max(TILES_PER_BLOCK);
     out.par_chunks_mut(per_unit * rows * TILE_N)
         .enumerate()
         .for_each(|(u, chunk)| {

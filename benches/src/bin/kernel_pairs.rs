@@ -1,0 +1,228 @@
+//! Paired ratios for the CPU kernels on a noisy machine: each pair runs the kernel and its
+//! anchor back to back (alternating which goes first) on cold copies, and the reported ratio
+//! is the median of the per-pair ratios — robust against memory bandwidth that drifts between
+//! the separate criterion measurements of a shared VM. Complements the `kernels` criterion
+//! bench (same operands, same cold rotation).
+//!
+//! Usage: `cargo run --release -p skillzip-benches --bin kernel_pairs [pairs]` (default 101).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
+use rand::RngExt;
+use skillzip_benches::{COLD_BYTES, Cold, DOWN_PROJ, Q_PROJ, Shape, stream_read};
+use skillzip_core::kernels::{Kernel, KernelScratch, PackedLayer};
+use skillzip_core::seeded_rng;
+use skillzip_core::synth::{RandomLayer, random_layer};
+
+fn packed(shape: Shape, seed: u64) -> PackedLayer {
+    let spec = RandomLayer::x8a8b8(shape.c_in, shape.rank, shape.c_out);
+    PackedLayer::new(&random_layer(&spec, &mut seeded_rng(seed)).expect("valid random layer"))
+}
+
+fn activations(t: usize, c_in: usize) -> Vec<f32> {
+    let mut rng = seeded_rng(3);
+    (0..t * c_in)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect()
+}
+
+fn time(f: &mut dyn FnMut()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `pairs` alternating pairs and prints `| case | anchor | median kernel | median anchor
+/// | median of kernel/anchor |`.
+fn pair(case: &str, anchor: &str, pairs: usize, kernel: &mut dyn FnMut(), base: &mut dyn FnMut()) {
+    for _ in 0..3 {
+        kernel();
+        base();
+    }
+    let (mut k, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..pairs {
+        let (tk, tb) = if i % 2 == 0 {
+            let tk = time(kernel);
+            (tk, time(base))
+        } else {
+            let tb = time(base);
+            (time(kernel), tb)
+        };
+        k.push(tk);
+        b.push(tb);
+        r.push(tk / tb);
+    }
+    println!(
+        "| {case} | {anchor} | {:.1} µs | {:.1} µs | {:.2}× |",
+        median(&mut k) * 1e6,
+        median(&mut b) * 1e6,
+        median(&mut r)
+    );
+}
+
+fn main() {
+    let pairs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(101);
+    let kernel = Kernel::detect();
+    println!(
+        "path: {}; {} rayon threads; {pairs} pairs per row",
+        kernel.isa().name(),
+        rayon::current_num_threads()
+    );
+    println!(
+        "| case | anchor | kernel (median) | anchor (median) | kernel ÷ anchor (median of pairs) |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    let mut scratch = KernelScratch::default();
+    for shape in [DOWN_PROJ, Q_PROJ] {
+        let one = packed(shape, 1);
+        let mut packs = Cold::new(one.weight_bytes(), |_| one.clone());
+        let mut floor_packs = Cold::new(one.weight_bytes(), |_| one.clone());
+        for t in [1usize, 4, 10, 32] {
+            let x = activations(t, shape.c_in);
+            let mut y = vec![0.0f32; t * shape.c_out];
+            pair(
+                &format!("decode {} R{} T={t}", shape.name, shape.rank),
+                "memory floor (same bytes)",
+                pairs,
+                &mut || {
+                    kernel
+                        .apply(packs.next(), &x, &mut y, &mut scratch)
+                        .expect("shapes agree")
+                },
+                &mut || {
+                    let p = floor_packs.next();
+                    black_box(stream_read(&[p.a().blocks(), p.b().blocks()]));
+                },
+            );
+        }
+    }
+    // Grouped: 5 skillpacks, 32 tokens round-robin, against the floor of their bytes and
+    // against 32 tokens on one skillpack.
+    let shape = DOWN_PROJ;
+    let five: Vec<PackedLayer> = (0..5).map(|k| packed(shape, 40 + k)).collect();
+    let bytes: usize = five.iter().map(PackedLayer::weight_bytes).sum();
+    let sets: Vec<Vec<PackedLayer>> = (0..COLD_BYTES.div_ceil(bytes).max(4))
+        .map(|_| five.clone())
+        .collect();
+    let skill: Vec<Option<usize>> = (0..32).map(|i| Some(i % 5)).collect();
+    let x = activations(32, shape.c_in);
+    let mut y = vec![0.0f32; 32 * shape.c_out];
+    let (mut a, mut b, mut c) = (0usize, 0usize, 0usize);
+    let mut grouped = |y: &mut Vec<f32>, scratch: &mut KernelScratch| {
+        a = (a + 1) % sets.len();
+        let refs: Vec<&PackedLayer> = sets[a].iter().collect();
+        kernel
+            .apply_grouped(&refs, &skill, &x, y, scratch)
+            .expect("shapes agree");
+    };
+    let mut scratch2 = KernelScratch::default();
+    let mut y2 = y.clone();
+    pair(
+        "grouped: 5 skillpacks, T=32",
+        "memory floor (5 packs' bytes)",
+        pairs,
+        &mut || grouped(&mut y, &mut scratch),
+        &mut || {
+            b = (b + 1) % sets.len();
+            let parts: Vec<_> = sets[b]
+                .iter()
+                .flat_map(|p| [p.a().blocks(), p.b().blocks()])
+                .collect();
+            black_box(stream_read(&parts));
+        },
+    );
+    pair(
+        "grouped: 5 skillpacks, T=32",
+        "1 skillpack, T=32",
+        pairs,
+        &mut || grouped(&mut y2, &mut scratch2),
+        &mut || {
+            c = (c + 1) % (sets.len() * 5);
+            let p = &sets[c % sets.len()][c / sets.len()];
+            kernel
+                .apply(p, &x, &mut y, &mut scratch)
+                .expect("shapes agree");
+        },
+    );
+    drop(sets);
+    // Prefill and dense decode against faer (fewer pairs: each call is long).
+    let t = 1000;
+    let x = activations(t, shape.c_in);
+    let xm = Mat::from_fn(t, shape.c_in, |i, j| x[i * shape.c_in + j]);
+    let one = packed(shape, 1);
+    let mut packs = Cold::new(one.weight_bytes(), |_| one.clone());
+    let mut rng = seeded_rng(9);
+    let mut f32_mat =
+        |r: usize, c: usize| Mat::from_fn(r, c, |_, _| rng.random_range(-0.05f32..0.05));
+    let (fa, fb) = (
+        f32_mat(shape.c_in, shape.rank),
+        f32_mat(shape.rank, shape.c_out),
+    );
+    let mut mid = Mat::<f32>::zeros(t, shape.rank);
+    let mut ym = Mat::<f32>::zeros(t, shape.c_out);
+    let mut y = vec![0.0f32; t * shape.c_out];
+    pair(
+        "prefill T=1000 (X8A8B8 vs f32 X·A·B)",
+        "f32 low-rank (faer)",
+        pairs.div_ceil(5),
+        &mut || {
+            kernel
+                .apply(packs.next(), &x, &mut y, &mut scratch)
+                .expect("shapes agree")
+        },
+        &mut || {
+            matmul(
+                mid.as_mut(),
+                Accum::Replace,
+                xm.as_ref(),
+                fa.as_ref(),
+                1.0,
+                Par::rayon(0),
+            );
+            matmul(
+                ym.as_mut(),
+                Accum::Replace,
+                mid.as_ref(),
+                fb.as_ref(),
+                1.0,
+                Par::rayon(0),
+            );
+        },
+    );
+    let w = f32_mat(shape.c_in, shape.c_out);
+    let x1 = activations(1, shape.c_in);
+    let x1m = Mat::from_fn(1, shape.c_in, |_, j| x1[j]);
+    let mut y1 = vec![0.0f32; shape.c_out];
+    let mut y1m = Mat::<f32>::zeros(1, shape.c_out);
+    pair(
+        "decode T=1 (X8A8B8 vs f32 X·W)",
+        "f32 dense (faer)",
+        pairs.div_ceil(3),
+        &mut || {
+            kernel
+                .apply(packs.next(), &x1, &mut y1, &mut scratch)
+                .expect("shapes agree")
+        },
+        &mut || {
+            matmul(
+                y1m.as_mut(),
+                Accum::Replace,
+                x1m.as_ref(),
+                w.as_ref(),
+                1.0,
+                Par::rayon(0),
+            )
+        },
+    );
+}
