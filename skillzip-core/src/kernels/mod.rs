@@ -163,7 +163,6 @@ impl Isa {
             tiles,
             out,
         };
-        args.validate();
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => avx512::gemm(args),
@@ -178,8 +177,8 @@ impl Isa {
     }
 }
 
-/// The operands of one integer GEMM call, checked by [`GemmArgs::validate`] before any
-/// instruction-set file reads them through raw pointers.
+/// The operands of one integer GEMM call; every path's `gemm` checks them once with
+/// [`GemmArgs::validate`] (the SIMD files before reading them through raw pointers).
 struct GemmArgs<'a> {
     x: &'a [i8],
     x_stride: usize,

@@ -39,6 +39,7 @@ fn nibble(byte: u8, high: bool) -> i32 {
 }
 
 pub(super) fn gemm(args: GemmArgs<'_>) {
+    args.validate();
     let GemmArgs {
         x,
         x_stride,
