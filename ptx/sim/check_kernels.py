@@ -152,7 +152,8 @@ def make_case(seed):
     T = int(rng.choice([1, 2, 5, 16, 17, 33, 64, 65, int(rng.integers(1, 71))]))
     if rng.random() < 0.12:
         T = int(rng.integers(129, 201))      # up to 4 row slots per skillpack
-    C_i = int(rng.choice([1, 7, 31, 32, 33, 100, 128, 129, 255, 256, 300,
+    # multiples of 8 with aligned rows take quantize's one-pass register path, the rest its loop
+    C_i = int(rng.choice([1, 7, 31, 32, 33, 64, 96, 100, 128, 129, 255, 256, 264, 300,
                           int(rng.integers(1, 301))]))
     C_o = int(rng.choice([1, 5, 63, 64, 65, 130, 150, int(rng.integers(1, 151))]))
     big = rng.random() < 0.15
@@ -161,12 +162,18 @@ def make_case(seed):
         T = int(rng.integers(1, 71))
         C_i = int(rng.integers(513, 1101))
         C_o = int(rng.integers(1, 151))
+    wide = not big and rng.random() < 0.1
+    if wide:
+        # decode rows up to 16384 channels: every register group of quantize's one-pass path
+        T = int(rng.integers(1, 5))
+        C_i = 8 * int(rng.integers(513, 2049))
+        C_o = int(rng.integers(1, 71))
     grouped = rng.random() < 0.75
     P = int(rng.integers(1, 3 if big else 4))
-    c.update(T=T, C_i=C_i, C_o=C_o, P=P, grouped=grouped, big=big)
+    c.update(T=T, C_i=C_i, C_o=C_o, P=P, grouped=grouped, big=big, wide=wide)
     c['x_dtype'] = int(rng.integers(0, 3))
     c['y_dtype'] = int(rng.integers(0, 3))
-    c['x_stride'] = C_i + int(rng.choice([0, 0, 3, 32]))
+    c['x_stride'] = C_i + int(rng.choice([0, 0, 3, 32])) if not wide else C_i
     c['y_stride'] = C_o + int(rng.choice([0, 0, 1, 16]))
     c['tap'] = rng.random() < 0.8
     Ci_pad = pad32(C_i)
@@ -174,6 +181,8 @@ def make_case(seed):
     c['k_chunk'] = int(rng.choice([128, 128, 256, max(128, (Ci_pad + 127) // 128 * 128)]))
     if big:
         c['k_chunk'] = int(rng.choice([640, 768, max(128, (Ci_pad + 127) // 128 * 128)]))
+    if wide:
+        c['k_chunk'] = int(rng.choice([1024, 2048, 4096]))
     # rows -> packs
     if grouped:
         por = rng.integers(0, P, size=T).astype(np.uint32)
@@ -228,6 +237,8 @@ def make_case(seed):
     packs = []
     for p in range(P):
         R = int(rng.choice([1, 31, 32, 33, 64, 65, 100, int(rng.integers(1, 101))]))
+        if wide:
+            R = int(rng.integers(1, 65))
         if big and (p == 0 or rng.random() < 0.5):
             R = int(rng.integers(513, 701))   # stage 2 K = Rp_pad > 512: its ring wraps too
         a4 = rng.random() < 0.35
@@ -300,7 +311,7 @@ def describe(c):
         f"{'SA' if pk['static_amax'] is not None else ''}"
         f"{'SM' if pk['static_m'] is not None else ''}"
         f"{'tz' if pk.get('tiny_z') else ''}" for pk in c['packs'])
-    return (f"{'BIG ' if c['big'] else ''}T={c['T']} Ci={c['C_i']} Co={c['C_o']} P={c['P']} "
+    return (f"{'BIG ' if c['big'] else ''}{'WIDE ' if c.get('wide') else ''}T={c['T']} Ci={c['C_i']} Co={c['C_o']} P={c['P']} "
             f"{'grouped' if c['grouped'] else 'null-index'} x={DT_NAMES[c['x_dtype']]} "
             f"y={DT_NAMES[c['y_dtype']]} kchunk={c['k_chunk']} "
             f"tap={'y' if c['tap'] else 'n'} packs[{packs}]")

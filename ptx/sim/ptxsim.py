@@ -678,6 +678,17 @@ def _compile(k, pc, ins):
         def fn(ctx, mask):
             pass
     # ---------------- moves / params
+    elif op == 'mov' and ins.ops[0].kind == 'vec':
+        # mov.b32 {lo, hi}, r: unpack, the first register receiving the low half
+        src = reader(ins.ops[1])
+        parts = [writer(d) for d in ins.ops[0].items]
+        pbits = TYPE_BITS[typ] // len(parts)
+        pm = U64((1 << pbits) - 1)
+
+        def fn(ctx, mask):
+            v = _full(ctx, src(ctx))
+            for i, wp in enumerate(parts):
+                wp(ctx, (v >> U64(i * pbits)) & pm, mask)
     elif op == 'mov':
         src = reader(ins.ops[1])
         w = writer(ins.ops[0])
