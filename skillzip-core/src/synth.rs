@@ -227,3 +227,35 @@ pub fn random_layer(spec: &RandomLayer, rng: &mut SeededRng) -> Result<Compresse
     });
     CompressedLayer::new(s_inv, spec.act_bits, spec.act_scale, a, b, spec.truncation)
 }
+
+/// Activation rows for kernel tests (`t × C_i`, row-major) with the features every backend of
+/// DESIGN.md §4.6 must survive: values in `[-3, 3)`, one stable outlier channel (×150) and, by
+/// row (`row % 7`), a zero row, a huge row (×1e30), a subnormal row (×1e-41), a row of exact
+/// quantization ties (`0.5`, `-2.5` after smoothing), and a row whose smoothed values overflow
+/// to ±inf (the reference quantizes those NaN products to 0).
+pub fn contract_rows(t: usize, layer: &CompressedLayer, rng: &mut SeededRng) -> Vec<f32> {
+    let ci = layer.c_in();
+    let mut x: Vec<f32> = (0..t * ci)
+        .map(|_| rng.random_range(-3.0f32..3.0))
+        .collect();
+    let outlier = rng.random_range(0..ci);
+    for (row, r) in x.chunks_exact_mut(ci).enumerate() {
+        r[outlier] *= 150.0;
+        match row % 7 {
+            1 => r.fill(0.0),
+            2 => r.iter_mut().for_each(|v| *v *= 1e30),
+            3 => r.iter_mut().for_each(|v| *v *= 1e-41),
+            4 => {
+                let s = layer.s_inv();
+                for (i, v) in r.iter_mut().enumerate() {
+                    let tie = if i % 2 == 0 { 0.5 } else { -2.5 };
+                    *v = tie / s.map_or(1.0, |s| s[i]);
+                }
+            }
+            // Finite, but `x·s⁻¹` overflows to ±inf where `s⁻¹ > 1` (found by fuzzing).
+            5 => r.iter_mut().for_each(|v| *v = 3e38f32.copysign(*v)),
+            _ => {}
+        }
+    }
+    x
+}

@@ -10,7 +10,7 @@ use skillzip_core::kernels::{Isa, Kernel, KernelScratch, PackedLayer, Parallelis
 use skillzip_core::layer::{CompressedLayer, Truncation};
 use skillzip_core::quant::{ActScale, Bits};
 use skillzip_core::runtime::{self, Scratch};
-use skillzip_core::synth::{RandomLayer, random_layer};
+use skillzip_core::synth::{self, RandomLayer, random_layer};
 use skillzip_core::{SeededRng, seeded_rng};
 
 /// Every kernel this CPU runs, in both threading modes.
@@ -33,40 +33,15 @@ enum Dtype {
     Bf16,
 }
 
-/// Activations with the nasty features the contract must survive: an outlier channel, and
-/// (by row) a zero row, a huge row, a subnormal row, an exact-tie row and a row whose
-/// smoothed values overflow.
+/// Plain activations in `[-3, 3)`, or (`nasty`) [`synth::contract_rows`]: outliers, zero,
+/// huge, subnormal, tie and overflowing rows.
 fn activations(t: usize, layer: &CompressedLayer, nasty: bool, rng: &mut SeededRng) -> Vec<f32> {
-    let ci = layer.c_in();
-    let mut x: Vec<f32> = (0..t * ci)
-        .map(|_| rng.random_range(-3.0f32..3.0))
-        .collect();
     if nasty {
-        let outlier = rng.random_range(0..ci);
-        for row in 0..t {
-            x[row * ci + outlier] *= 150.0;
-        }
-        for row in 0..t {
-            let r = &mut x[row * ci..(row + 1) * ci];
-            match row % 6 {
-                1 => r.fill(0.0),
-                2 => r.iter_mut().for_each(|v| *v *= 1e30),
-                3 => r.iter_mut().for_each(|v| *v *= 1e-41),
-                4 => {
-                    let s = layer.s_inv();
-                    for (i, v) in r.iter_mut().enumerate() {
-                        let tie = if i % 2 == 0 { 0.5 } else { -2.5 };
-                        *v = tie / s.map_or(1.0, |s| s[i]);
-                    }
-                }
-                // Finite, but `x·s⁻¹` overflows to ±inf where `s⁻¹ > 1` (found by fuzzing:
-                // the reference then quantizes NaN to 0).
-                5 => r.iter_mut().for_each(|v| *v = 3e38f32.copysign(*v)),
-                _ => {}
-            }
-        }
+        return synth::contract_rows(t, layer, rng);
     }
-    x
+    (0..t * layer.c_in())
+        .map(|_| rng.random_range(-3.0f32..3.0))
+        .collect()
 }
 
 /// Rounds `x` to the activation type (f16 clamped to its range), returning the converted values and their exact f32

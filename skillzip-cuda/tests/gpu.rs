@@ -126,34 +126,10 @@ fn dynamic(ci: usize, r: usize, co: usize, rng: &mut SeededRng) -> CompressedLay
     )
 }
 
-/// Activations with the features the contract must survive: a stable outlier channel and,
-/// by row, a zero row, a huge row, a subnormal row, an exact-tie row and a row whose smoothed
-/// values overflow to ±inf (the reference quantizes the NaN products to 0).
+/// [`skillzip_core::synth::contract_rows`]: an outlier channel and zero, huge, subnormal,
+/// tie and overflowing rows.
 fn activations(t: usize, layer: &CompressedLayer, rng: &mut SeededRng) -> Vec<f32> {
-    let ci = layer.c_in();
-    let mut x: Vec<f32> = (0..t * ci)
-        .map(|_| rng.random_range(-3.0f32..3.0))
-        .collect();
-    let outlier = rng.random_range(0..ci);
-    for row in 0..t {
-        x[row * ci + outlier] *= 150.0;
-        let r = &mut x[row * ci..(row + 1) * ci];
-        match row % 7 {
-            1 => r.fill(0.0),
-            2 => r.iter_mut().for_each(|v| *v *= 1e30),
-            3 => r.iter_mut().for_each(|v| *v *= 1e-41),
-            4 => {
-                let s = layer.s_inv();
-                for (i, v) in r.iter_mut().enumerate() {
-                    let tie = if i % 2 == 0 { 0.5 } else { -2.5 };
-                    *v = tie / s.map_or(1.0, |s| s[i]);
-                }
-            }
-            5 => r.iter_mut().for_each(|v| *v = 3e38f32.copysign(*v)),
-            _ => {}
-        }
-    }
-    x
+    skillzip_core::synth::contract_rows(t, layer, rng)
 }
 
 /// `v` in the element type (f16 saturated to its finite range first, so huge rows stay
