@@ -1,112 +1,96 @@
-//! `skillzip`: thin glue over `skillzip-core`.
+//! `skillzip`: thin glue over `skillzip-core` (the math), `skillzip-lm` (the model, calibration,
+//! model-level compression) and `skillzip-format` (the files).
 //!
-//! ```text
-//! skillzip demo [--small] [--seed N]   fidelity table on the built-in synthetic case
-//! skillzip help
-//! ```
+//! Exit codes: `0` success; `1` the command failed (one line on stderr naming the file and the
+//! problem); `2` the command line is wrong (usage printed).
 
+mod commands;
+mod demo;
+mod inputs;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use skillzip_core::study::{self, StudyCase};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: skillzip <command> [options]
+/// One LLM, many skills: compress fine-tuned deltas into INT8/INT4 skillpacks.
+#[derive(Parser, Debug)]
+#[command(name = "skillzip", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 failure (one line naming the file and the problem), 2 usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// No progress bars (per-step lines still go to stderr).
+    #[arg(long, global = true)]
+    quiet: bool,
+}
 
-commands:
-  demo [--small] [--seed N]   compress the built-in synthetic case (power-law skill deltas,
-                              activations with outlier channels) with SkillZip, its ablations
-                              and the baselines, and print the fidelity table
-  help                        this text
-";
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compress the built-in synthetic case with SkillZip, its ablations and the baselines and
+    /// print the fidelity table.
+    Demo {
+        /// The small case (seconds instead of half a minute).
+        #[arg(long)]
+        small: bool,
+        /// Seed of the case.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run the base model over a skill's prompts and save its calibration statistics.
+    Calibrate(commands::calibrate::Args),
+    /// Compress fine-tuned checkpoints against their base into a bundle.
+    Compress(commands::compress::Args),
+    /// Show what a skillpack file or a bundle directory holds.
+    Inspect {
+        /// A `.skillpack.safetensors` file or a bundle directory.
+        path: PathBuf,
+        /// Print every layer.
+        #[arg(long)]
+        layers: bool,
+    },
+    /// Merge fine-tuned checkpoints into one checkpoint (mergekit semantics).
+    Merge(commands::merge::Args),
+    /// Export a bundle's skill as a PEFT LoRA adapter plus the merged backbone checkpoint.
+    Export(commands::export::Args),
+    /// Compare fine-tuned models with backbone + skillpack: KL divergence, top-1 agreement,
+    /// response loss.
+    Eval(commands::eval::Args),
+    /// A short supervised fine-tune of the linear layers on a built-in task (makes real
+    /// skill deltas for trying the pipeline before the training harness exists).
+    Finetune(commands::finetune::Args),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("demo") => match demo(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("skillzip demo: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("skillzip: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        None => {
-            eprint!("{USAGE}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    let quiet = cli.quiet;
+    let result = match cli.command {
+        Command::Demo { small, seed } => demo::run(small, seed),
+        Command::Calibrate(a) => commands::calibrate::run(a, quiet),
+        Command::Compress(a) => commands::compress::run(a, quiet),
+        Command::Inspect { path, layers } => commands::inspect::run(&path, layers),
+        Command::Merge(a) => commands::merge::run(a, quiet),
+        Command::Export(a) => commands::export::run(a),
+        Command::Eval(a) => commands::eval::run(a, quiet),
+        Command::Finetune(a) => commands::finetune::run(a, quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skillzip: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn demo(args: &[String]) -> Result<(), String> {
-    let mut case = StudyCase::builtin();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--small" => {
-                case = StudyCase {
-                    seed: case.seed,
-                    ..StudyCase::small()
-                }
-            }
-            "--seed" => {
-                let v = it.next().ok_or("--seed needs a value")?;
-                case.seed = v
-                    .parse()
-                    .map_err(|_| format!("--seed: `{v}` is not an unsigned integer"))?;
-            }
-            other => return Err(format!("unknown option `{other}`")),
-        }
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
-    eprintln!(
-        "built-in case: {} skills, delta {}x{} with sigma_i ~ (i+1)^-{}, {} outlier channels x{}, splits {}/{}/{} rows (calibration/selection/held-out), seed {}",
-        case.skills,
-        case.c_in,
-        case.c_out,
-        case.decay,
-        case.outliers,
-        case.outlier_gain,
-        case.splits.0,
-        case.splits.1,
-        case.splits.2,
-        case.seed
-    );
-    let start = std::time::Instant::now();
-    let rows =
-        study::run(&case, &mut |line| eprintln!("  done: {line}")).map_err(|e| e.to_string())?;
-    println!();
-    println!(
-        "| method | rank | bits/param | bytes | ratio vs fp16 | rel. output error | rel. weight error |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        let f = &r.fidelity;
-        println!(
-            "| {} | {} | {:.3} | {} | {:.1}x | {:.4} | {:.4} |",
-            r.method,
-            r.rank.map_or("-".to_string(), |r| r.to_string()),
-            f.bits_per_param,
-            f.bytes,
-            f.compression_ratio,
-            f.rel_output_error,
-            f.rel_weight_error
-        );
-    }
-    println!();
-    println!(
-        "Errors: relative Frobenius error on held-out activations against the original delta (shared component applied exactly), mean over skills. Bytes include scales, smoothing vectors and padding."
-    );
-    println!();
-    println!("Paper orderings:");
-    for (statement, holds) in study::orderings(&rows) {
-        println!("  [{}] {statement}", if holds { "holds" } else { "FAILS" });
-    }
-    eprintln!("\nfinished in {:.1} s", start.elapsed().as_secs_f64());
-    Ok(())
 }

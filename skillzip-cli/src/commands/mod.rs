@@ -1,0 +1,9 @@
+//! One module per subcommand.
+
+pub mod calibrate;
+pub mod compress;
+pub mod eval;
+pub mod export;
+pub mod finetune;
+pub mod inspect;
+pub mod merge;

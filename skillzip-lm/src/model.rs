@@ -1,0 +1,460 @@
+//! [`Llama`]: a Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU) on candle, CPU, f32.
+//!
+//! Every operation is one that candle differentiates (DESIGN.md §3): RMSNorm is composed from
+//! `sqr`/`mean`/`sqrt`, softmax is the generic `exp`/`sum` form, RoPE is `rotate_half` by
+//! `narrow`/`cat`. Candle's fused `rms_norm`, `softmax_last_dim` and `rope` pass no gradient,
+//! so they are not used. Logits come back for every position.
+//!
+//! Weights are stored in HF layout and names (`[out, in]`, `model.layers.3.mlp.down_proj.weight`).
+//! A model built from [`candle_core::Var`]-backed tensors ([`Llama::from_tensors`]) is trainable.
+//!
+//! Every linear layer calls a [`LinearHook`] with its input rows: [`LinearHook::observe`]
+//! captures activations for calibration, [`LinearHook::extra`] adds a skillpack's output
+//! `X̂·Â·B̂` to the backbone's `X·W`.
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::checkpoint::{Checkpoint, LinearKind, TensorRole, tensor_specs};
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+
+/// Called by every linear layer of every block during a forward pass.
+pub trait LinearHook {
+    /// Sees the input rows `x` (`[rows, in]`, f32) of linear `kind` in block `layer`.
+    fn observe(&mut self, layer: usize, kind: LinearKind, x: &Tensor) -> Result<()> {
+        let _ = (layer, kind, x);
+        Ok(())
+    }
+
+    /// An extra output `[rows, out]` to add to `x·Wᵀ` (a skillpack's delta), or `None`.
+    fn extra(&mut self, layer: usize, kind: LinearKind, x: &Tensor) -> Result<Option<Tensor>> {
+        let _ = (layer, kind, x);
+        Ok(None)
+    }
+}
+
+/// The hook that does nothing: the plain backbone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHook;
+
+impl LinearHook for NoHook {}
+
+/// Which positions' logits a forward pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position: `[batch, tokens, vocab]` (training, evaluation, calibration).
+    All,
+    /// Only the last position: `[batch, 1, vocab]` (generation).
+    Last,
+}
+
+/// Keys and values of the positions seen so far, per block.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One decoder block's weights. Loadable alone ([`Block::load`]) so that a model too large
+/// for memory can be run block by block ([`crate::calibrate`]).
+pub struct Block {
+    layer: usize,
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+    /// q, k, v, o, gate, up, down in [`LinearKind::ALL`] order, each `[out, in]`.
+    linears: [Tensor; 7],
+}
+
+/// The position tables and mask a block needs for one call: tokens at positions
+/// `past..past + tokens`.
+pub struct Positions {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl Positions {
+    /// Tables for `tokens` new positions after `past` cached ones.
+    pub fn new(config: &LlamaConfig, past: usize, tokens: usize) -> Result<Self> {
+        let (cos, sin) = rope_tables(config, past + tokens)?;
+        Ok(Self {
+            cos: cos.narrow(0, past, tokens)?,
+            sin: sin.narrow(0, past, tokens)?,
+            mask: causal_mask(tokens, past)?,
+        })
+    }
+}
+
+impl Block {
+    /// Loads block `layer` from a checkpoint.
+    pub fn load(ckpt: &Checkpoint, layer: usize) -> Result<Self> {
+        let config = ckpt.config();
+        let prefix = format!("model.layers.{layer}.");
+        let mut params = BTreeMap::new();
+        for (name, shape, _) in tensor_specs(config) {
+            if name.starts_with(&prefix) {
+                let t = ckpt.load_expected(&name, &shape)?;
+                params.insert(name, Tensor::from_vec(t.data, shape, &Device::Cpu)?);
+            }
+        }
+        Ok(Self::from_params(&params, layer))
+    }
+
+    fn from_params(params: &BTreeMap<String, Tensor>, l: usize) -> Self {
+        let take = |name: &str| params[name].clone();
+        Block {
+            layer: l,
+            input_norm: take(&format!("model.layers.{l}.input_layernorm.weight")),
+            post_attention_norm: take(&format!("model.layers.{l}.post_attention_layernorm.weight")),
+            linears: LinearKind::ALL.map(|k| take(&format!("{}.weight", k.module_name(l)))),
+        }
+    }
+
+    /// Runs the block on hidden states `x` (`[batch, tokens, d]`).
+    pub fn forward(
+        &self,
+        config: &LlamaConfig,
+        x: &Tensor,
+        pos: &Positions,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        hook: &mut dyn LinearHook,
+    ) -> Result<Tensor> {
+        let l = self.layer;
+        let c = config;
+        let (b, t, d) = x.dims3()?;
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let h = rms_norm(x, &self.input_norm, c.rms_norm_eps)?.reshape((b * t, d))?;
+        let [wq, wk, wv, wo, wg, wu, wd] = &self.linears;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(linear(&h, wq, l, LinearKind::Q, hook)?, heads)?;
+        let k = split(linear(&h, wk, l, LinearKind::K, hook)?, kv_heads)?;
+        let v = split(linear(&h, wv, l, LinearKind::V, hook)?, kv_heads)?;
+        let q = rope(&q, &pos.cos, &pos.sin)?;
+        let mut k = rope(&k, &pos.cos, &pos.sin)?;
+        let mut v = v;
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(2)?;
+        let k = repeat_kv(&k, heads / kv_heads)?;
+        let v = repeat_kv(&v, heads / kv_heads)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let scores = scores.broadcast_add(&pos.mask.reshape((1, 1, t, s))?)?;
+        let att = softmax_last(&scores)?;
+        let o = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * t, d))?;
+        let x = (x + linear(&o, wo, l, LinearKind::O, hook)?.reshape((b, t, d))?)?;
+        let h = rms_norm(&x, &self.post_attention_norm, c.rms_norm_eps)?.reshape((b * t, d))?;
+        let gate = candle_nn::ops::silu(&linear(&h, wg, l, LinearKind::Gate, hook)?)?;
+        let up = linear(&h, wu, l, LinearKind::Up, hook)?;
+        let down = linear(&(gate * up)?, wd, l, LinearKind::Down, hook)?;
+        Ok((x + down.reshape((b, t, d))?)?)
+    }
+}
+
+/// A Llama-family decoder.
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    params: BTreeMap<String, Tensor>,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Llama {
+    /// Builds a model from tensors under their HF names (see [`tensor_specs`]); each must
+    /// have exactly the shape the configuration implies. Var-backed tensors make it trainable.
+    pub fn from_tensors(config: LlamaConfig, params: BTreeMap<String, Tensor>) -> Result<Self> {
+        config.validate("model")?;
+        let specs = tensor_specs(&config);
+        for (name, shape, _) in &specs {
+            let t = params.get(name).ok_or_else(|| Error::MissingTensor {
+                file: "model".into(),
+                tensor: name.clone(),
+            })?;
+            if t.dims() != shape.as_slice() || t.dtype() != DType::F32 {
+                return Err(Error::TensorShape {
+                    file: "model".into(),
+                    tensor: format!("{name} ({:?})", t.dtype()),
+                    expected: shape.clone(),
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        if let Some(extra) = params
+            .keys()
+            .find(|k| !specs.iter().any(|(n, _, _)| n == *k))
+        {
+            return Err(Error::InvalidInput(format!(
+                "tensor {extra} is not part of a {}-layer Llama",
+                config.num_hidden_layers
+            )));
+        }
+        let take = |name: &str| params[name].clone();
+        let blocks = (0..config.num_hidden_layers)
+            .map(|l| Block::from_params(&params, l))
+            .collect();
+        let embed = take("model.embed_tokens.weight");
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            take("lm_head.weight")
+        };
+        let norm = take("model.norm.weight");
+        Ok(Self {
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            params,
+            config,
+        })
+    }
+
+    /// Loads every tensor of a checkpoint (GGUF dequantized to f32).
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let config = ckpt.config().clone();
+        let mut params = BTreeMap::new();
+        for (name, shape, _) in tensor_specs(&config) {
+            let t = ckpt.load_expected(&name, &shape)?;
+            params.insert(name, Tensor::from_vec(t.data, shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(config, params)
+    }
+
+    /// A randomly initialised model (normal weights of std `0.02`·`scale`, unit norms), for tests.
+    pub fn random(config: LlamaConfig, seed: u64, scale: f32) -> Result<Self> {
+        use rand_distr::{Distribution, Normal};
+        let mut rng = skillzip_core::seeded_rng(seed);
+        let normal = Normal::new(0.0f32, 0.02 * scale)
+            .map_err(|e| Error::InvalidInput(format!("scale {scale}: {e}")))?;
+        let mut params = BTreeMap::new();
+        for (name, shape, role) in tensor_specs(&config) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = match role {
+                TensorRole::Norm => (0..n).map(|_| 1.0 + normal.sample(&mut rng)).collect(),
+                _ => (0..n).map(|_| normal.sample(&mut rng)).collect(),
+            };
+            params.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(config, params)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Every parameter under its HF name.
+    pub fn parameters(&self) -> &BTreeMap<String, Tensor> {
+        &self.params
+    }
+
+    /// The weight `[out, in]` of one linear layer.
+    pub fn linear_weight(&self, layer: usize, kind: LinearKind) -> Option<&Tensor> {
+        let i = LinearKind::ALL.iter().position(|k| *k == kind)?;
+        self.blocks.get(layer).map(|b| &b.linears[i])
+    }
+
+    /// Runs the decoder over `ids` (`[batch, tokens]`, u32) placed after the cached positions,
+    /// appending to `cache` when given. Returns logits `[batch, tokens or 1, vocab]`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        logits: Logits,
+        hook: &mut dyn LinearHook,
+    ) -> Result<Tensor> {
+        let (_, tokens) = ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        if tokens == 0 {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        if past + tokens > self.config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "{} positions exceed the model's {}",
+                past + tokens,
+                self.config.max_position_embeddings
+            )));
+        }
+        let max_id = ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max_id as usize >= self.config.vocab_size {
+            return Err(Error::InvalidInput(format!(
+                "token id {max_id} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let mut x = self.embed(ids)?;
+        let pos = Positions::new(&self.config, past, tokens)?;
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.blocks.len()
+        {
+            c.layers = vec![None; self.blocks.len()];
+        }
+        // A step that fails part-way (a hook error) must not leave some blocks' keys extended.
+        let saved = cache.as_deref().map(|c| c.layers.clone());
+        for (l, block) in self.blocks.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            match block.forward(&self.config, &x, &pos, kv, hook) {
+                Ok(y) => x = y,
+                Err(e) => {
+                    if let (Some(c), Some(saved)) = (cache.as_deref_mut(), saved) {
+                        c.layers = saved;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(c) = cache {
+            c.len += tokens;
+        }
+        let x = match logits {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, tokens - 1, 1)?,
+        };
+        head_logits(&self.config, &x, &self.norm, &self.lm_head)
+    }
+
+    /// The token embeddings of `ids` (`[batch, tokens]`): `[batch, tokens, d]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, tokens) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            batch,
+            tokens,
+            self.config.hidden_size,
+        ))?)
+    }
+}
+
+/// Final norm and LM head: `[batch, tokens, d]` → `[batch, tokens, vocab]`.
+pub fn head_logits(
+    config: &LlamaConfig,
+    x: &Tensor,
+    norm: &Tensor,
+    lm_head: &Tensor,
+) -> Result<Tensor> {
+    let h = rms_norm(x, norm, config.rms_norm_eps)?;
+    let (b, t, d) = h.dims3()?;
+    let out = h.reshape((b * t, d))?.matmul(&lm_head.t()?)?;
+    Ok(out.reshape((b, t, config.vocab_size))?)
+}
+
+/// `x·Wᵀ` (+ the hook's extra output) for rows `x` `[rows, in]`.
+fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    layer: usize,
+    kind: LinearKind,
+    hook: &mut dyn LinearHook,
+) -> Result<Tensor> {
+    hook.observe(layer, kind, x)?;
+    let y = x.matmul(&w.t()?)?;
+    match hook.extra(layer, kind, x)? {
+        Some(extra) => Ok((y + extra)?),
+        None => Ok(y),
+    }
+}
+
+/// RMSNorm over the last dimension, composed from differentiable ops.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+}
+
+/// Softmax over the last dimension in the differentiable generic form.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}
+
+/// HF RoPE on `[batch, heads, tokens, head_dim]` with `rotate_half`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// `[n, head_dim]` cos/sin tables for positions `0..n`, `θ_j = pos / base^(2j/hd)`, both
+/// halves repeated (HF's `rotate_half` convention).
+fn rope_tables(c: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
+    let hd = c.head_dim();
+    let mut cos = Vec::with_capacity(n * hd);
+    let mut sin = Vec::with_capacity(n * hd);
+    let inv_freq: Vec<f64> = (0..hd / 2)
+        .map(|j| 1.0 / c.rope_theta.powf(2.0 * j as f64 / hd as f64))
+        .collect();
+    for pos in 0..n {
+        for _half in 0..2 {
+            for f in &inv_freq {
+                let a = pos as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, hd), &Device::Cpu)?,
+        Tensor::from_vec(sin, (n, hd), &Device::Cpu)?,
+    ))
+}
+
+/// `[tokens, past + tokens]`: 0 where query `i` (at position `past + i`) may attend, −∞ after.
+fn causal_mask(tokens: usize, past: usize) -> Result<Tensor> {
+    let s = past + tokens;
+    let data: Vec<f32> = (0..tokens)
+        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(data, (tokens, s), &Device::Cpu)?)
+}
+
+/// `[b, kv, s, hd]` → `[b, kv·rep, s, hd]`, each key/value head repeated for its query group.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, s, hd))?
+        .contiguous()?
+        .reshape((b, kv * rep, s, hd))?)
+}
