@@ -59,7 +59,8 @@ impl DenseDtype {
         }
     }
 
-    pub(crate) fn from_safetensors(d: Dtype) -> Option<Self> {
+    /// The dense type of a safetensors dtype (`None` for every other dtype).
+    pub fn from_safetensors(d: Dtype) -> Option<Self> {
         match d {
             Dtype::F16 => Some(DenseDtype::F16),
             Dtype::BF16 => Some(DenseDtype::BF16),
@@ -176,20 +177,7 @@ impl DenseTensor {
                 ),
             ));
         }
-        let data: Vec<f32> = match dtype {
-            DenseDtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DenseDtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DenseDtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        };
+        let data = decode_le(dtype, bytes);
         if let Some(index) = data.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite {
                 file: file.to_string(),
@@ -298,4 +286,23 @@ pub fn parse_dense_tensors(bytes: &[u8], label: &str) -> Result<DenseTensors> {
         out.tensors.insert(name, t);
     }
     Ok(out)
+}
+
+/// Little-endian `dtype` values to f32 (exact widening; a trailing partial element is ignored:
+/// callers check the length against the shape).
+pub fn decode_le(dtype: DenseDtype, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DenseDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DenseDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DenseDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    }
 }

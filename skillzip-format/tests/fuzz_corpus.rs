@@ -4,8 +4,10 @@
 //! the `seed-*` files.
 
 mod common;
+#[path = "../../fuzz/corpus_support.rs"]
+mod corpus_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 use skillzip_core::layer::Truncation;
@@ -17,24 +19,11 @@ use skillzip_format::{
 };
 
 fn corpus(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
+    corpus_support::corpus(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = corpus(target);
-    let mut count = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        // Shown with the panic message when a file fails.
-        eprintln!("replaying {}", path.display());
-        check(&data);
-        count += 1;
-    }
-    assert!(count > 0, "no corpus files in {}", dir.display());
-    count
+    corpus_support::replay(env!("CARGO_MANIFEST_DIR"), target, check)
 }
 
 #[test]
@@ -208,26 +197,7 @@ fn seeds_are_what_they_claim() {
 /// `SKILLZIP_WRITE_SEEDS=1 cargo test -p skillzip-format --test fuzz_corpus seed_corpus_is_current`.
 #[test]
 fn seed_corpus_is_current() {
-    let write = std::env::var_os("SKILLZIP_WRITE_SEEDS").is_some();
-    for (target, seeds) in [
-        ("skillpack_reader", seed_skillpacks()),
-        ("manifest_parser", seed_manifests()),
-    ] {
-        let dir = corpus(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds {
-            let path = dir.join(name);
-            if write {
-                std::fs::write(&path, &bytes).unwrap();
-            } else {
-                let on_disk =
-                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert!(
-                    on_disk == bytes,
-                    "{} is stale: regenerate with SKILLZIP_WRITE_SEEDS=1",
-                    path.display()
-                );
-            }
-        }
-    }
+    let dir = env!("CARGO_MANIFEST_DIR");
+    corpus_support::check_seeds(dir, "skillpack_reader", seed_skillpacks());
+    corpus_support::check_seeds(dir, "manifest_parser", seed_manifests());
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use faer::{Mat, MatRef};
 use skillzip_core::smooth::ActStats;
-use skillzip_format::dense::{DenseDtype, DenseTensor, read_dense_tensors, write_dense_tensors};
+use skillzip_format::dense::{DenseDtype, read_dense_tensors};
 
 use crate::checkpoint::{Checkpoint, LinearKind};
 use crate::error::{Error, Result};
@@ -147,33 +147,38 @@ impl SkillCalibration {
     /// `model.layers.{l}.{site}.{split}.rows` `[rows, C_i]` and `….mean_abs` `[C_i]`, F32,
     /// with the skill and token counts in the metadata.
     pub fn save(&self, path: &Path) -> Result<u64> {
-        let mut tensors = BTreeMap::new();
-        let mut metadata = BTreeMap::new();
-        metadata.insert("format".to_string(), "skillzip.calibration".to_string());
-        metadata.insert("version".to_string(), "1".to_string());
-        metadata.insert("skill".to_string(), self.skill.clone());
+        // Streamed one site at a time: memory stays at the statistics plus one tensor.
+        let mut list = Vec::with_capacity(2 * self.sites.len());
+        let mut metadata = vec![
+            ("format".to_string(), "skillzip.calibration".to_string()),
+            ("version".to_string(), "1".to_string()),
+            ("skill".to_string(), self.skill.clone()),
+        ];
+        let mut by_name = BTreeMap::new();
         for ((l, site, split), s) in &self.sites {
             let key = format!("model.layers.{l}.{}.{}", site.name(), split.name());
-            let (r, c) = (s.rows.nrows(), s.rows.ncols());
-            let rows: Vec<f32> = (0..r)
-                .flat_map(|i| (0..c).map(move |j| (i, j)))
-                .map(|(i, j)| s.rows[(i, j)])
-                .collect();
-            tensors.insert(
-                format!("{key}.rows"),
-                DenseTensor::new(vec![r, c], rows, DenseDtype::F32)?,
-            );
-            tensors.insert(
-                format!("{key}.mean_abs"),
-                DenseTensor::new(
-                    vec![s.mean_abs.len()],
-                    s.mean_abs.iter().map(|v| *v as f32).collect(),
-                    DenseDtype::F32,
-                )?,
-            );
-            metadata.insert(format!("{key}.tokens"), s.tokens.to_string());
+            list.push((format!("{key}.rows"), vec![s.rows.nrows(), s.rows.ncols()]));
+            list.push((format!("{key}.mean_abs"), vec![s.mean_abs.len()]));
+            metadata.push((format!("{key}.tokens"), s.tokens.to_string()));
+            by_name.insert(format!("{key}.rows"), (s, true));
+            by_name.insert(format!("{key}.mean_abs"), (s, false));
         }
-        Ok(write_dense_tensors(path, &metadata, &tensors)?)
+        let meta: Vec<(&str, &str)> = metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        crate::save::write_streamed(path, &list, DenseDtype::F32, &meta, &mut |name, _| {
+            let (s, rows) = by_name[name];
+            Ok(if rows {
+                let (r, c) = (s.rows.nrows(), s.rows.ncols());
+                (0..r)
+                    .flat_map(|i| (0..c).map(move |j| (i, j)))
+                    .map(|(i, j)| s.rows[(i, j)])
+                    .collect()
+            } else {
+                s.mean_abs.iter().map(|v| *v as f32).collect()
+            })
+        })
     }
 
     /// Reads statistics written by [`SkillCalibration::save`], validating names and shapes.
@@ -281,10 +286,7 @@ impl CalibrationFile {
     /// must not change while open.
     pub fn open(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only private map; the file is treated as immutable while open (as
-        // checkpoints are, see `Checkpoint::open`).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::checkpoint::map_file(path)?;
         let bad = |what: String| Error::Safetensors {
             file: label.clone(),
             what,
@@ -335,6 +337,7 @@ impl CalibrationFile {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        crate::checkpoint::release_pages(&self.map, start + b, e - b);
         if data.len() != info.shape.iter().product::<usize>() {
             return Err(Error::Safetensors {
                 file: self.label.clone(),
@@ -381,7 +384,10 @@ impl CalibrationSource for CalibrationFile {
             .as_ref()
             .and_then(|m| m.get(&format!("{key}.tokens")))
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .ok_or_else(|| Error::Safetensors {
+                file: self.label.clone(),
+                what: format!("{key}.tokens is missing"),
+            })?;
         let (r, c) = (rs[0], rs[1]);
         Ok(Some(SiteStats {
             mean_abs: mean.iter().map(|v| *v as f64).collect(),

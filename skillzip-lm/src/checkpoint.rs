@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
-use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::Metadata;
+use skillzip_format::dense::{DenseDtype, decode_le};
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -239,7 +239,18 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-fn map_file(path: &Path) -> Result<Mmap> {
+/// Drops the pages of `map[offset..offset + len]` from this process's resident set once a
+/// tensor has been copied out, so a pass over a checkpoint keeps about one tensor resident
+/// instead of every byte read so far (the pages stay in the OS page cache).
+pub(crate) fn release_pages(map: &Mmap, offset: usize, len: usize) {
+    // SAFETY: the map is a read-only, file-backed private mapping that is never written, so
+    // MADV_DONTNEED only discards clean copies: a later access re-reads the same bytes from
+    // the file. No borrow of the range is alive: callers copied the data out before calling.
+    // A failure only means the pages stay resident.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+}
+
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only and private to this process. Another process truncating
     // the file while it is mapped would fault the reads; checkpoints are treated as immutable
@@ -455,6 +466,8 @@ impl Checkpoint {
                     .find(|t| t.name == gname)
                     .ok_or_else(missing)?;
                 let mut data = header.dequantize(map, info)?;
+                let range = header.file_range(info);
+                release_pages(map, range.start, range.len());
                 let shape = info.shape.clone();
                 let heads = if name.ends_with("q_proj.weight") {
                     Some(self.config.num_attention_heads)
@@ -534,33 +547,20 @@ fn read_safetensors_f32(file: &SafetensorsFile, name: &str) -> Result<F32Tensor>
             file: label.clone(),
             what: format!("tensor {name} lies outside the file"),
         })?;
-    let data: Vec<f32> = match info.dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(Error::UnsupportedDtype {
-                file: label,
-                tensor: name.to_string(),
-                dtype: format!("{other:?}"),
-            });
-        }
-    };
+    let dtype =
+        DenseDtype::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+            file: label.clone(),
+            tensor: name.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+    let data = decode_le(dtype, bytes);
     if data.len() != info.shape.iter().product::<usize>() {
         return Err(Error::Safetensors {
             file: label,
             what: format!("tensor {name}: byte length does not match its shape"),
         });
     }
+    release_pages(&file.map, start + begin, end - begin);
     Ok(F32Tensor {
         shape: info.shape.clone(),
         data,

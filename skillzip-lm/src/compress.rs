@@ -312,6 +312,30 @@ impl Walker<'_> {
         })
     }
 
+    /// The shared delta as `backbone_delta.safetensors` stores it (rounded to
+    /// `backbone_dtype`) and the residuals against it, so the backbone hash, the compressed
+    /// residuals and the held-out fidelity all refer to the backbone the bundle really holds.
+    fn stored_shared(
+        &self,
+        mut shared: Vec<f32>,
+        deltas: &[Vec<f32>],
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        match self.opts.backbone_dtype {
+            DenseDtype::F32 => {}
+            DenseDtype::F16 => shared
+                .iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            DenseDtype::BF16 => shared
+                .iter_mut()
+                .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        }
+        let residuals = deltas
+            .iter()
+            .map(|d| d.iter().zip(&shared).map(|(d, s)| d - s).collect())
+            .collect();
+        (shared, residuals)
+    }
+
     fn dense(&mut self, name: &str, shape: &[usize], deltas: &[Vec<f32>]) -> Result<Vec<f32>> {
         let n = shape.iter().product::<usize>();
         let nonzero: Vec<bool> = deltas.iter().map(|d| d.iter().any(|v| *v != 0.0)).collect();
@@ -336,14 +360,17 @@ impl Walker<'_> {
             }
             DensePolicy::Backbone => {
                 let cfg = self.merge_config();
-                let (shared, residuals) =
+                let (shared, _) =
                     extract_shared(deltas, &cfg, &MaskSource::Seeded(self.opts.merge_seed))?;
+                let (shared, residuals) = self.stored_shared(shared, deltas);
                 for (k, r) in residuals.iter().enumerate() {
                     let norm = frobenius(&deltas[k]);
-                    let rel = if norm == 0.0 {
-                        0.0
-                    } else {
-                        frobenius(r) / norm
+                    // A skill that did not change the tensor still gets the merged delta:
+                    // relative to its zero delta that residual is infinite, not zero.
+                    let rel = match (frobenius(r), norm) {
+                        (0.0, _) => 0.0,
+                        (_, 0.0) => f64::INFINITY,
+                        (r, n) => r / n,
                     };
                     self.report.dropped.push((
                         self.skills[k].name.to_string(),
@@ -367,7 +394,11 @@ impl Walker<'_> {
     ) -> Result<Vec<f32>> {
         let (out, inp) = (shape[0], shape[1]);
         let (shared, residuals) = match &self.opts.merge {
-            Some(cfg) => extract_shared(deltas, cfg, &MaskSource::Seeded(self.opts.merge_seed))?,
+            Some(cfg) => {
+                let (shared, _) =
+                    extract_shared(deltas, cfg, &MaskSource::Seeded(self.opts.merge_seed))?;
+                self.stored_shared(shared, deltas)
+            }
             None => (vec![0.0; out * inp], deltas.to_vec()),
         };
         let shared_mat = paper_layout(&shared, out, inp);

@@ -73,11 +73,13 @@ pub fn check_same_architecture(base: &Checkpoint, tuned: &Checkpoint) -> Result<
             });
         }
     }
+    // Compared as the f32 the model computes with: GGUF stores these as f32, HF configs as
+    // decimal text, so the same model can carry 1e-5 and 9.99999974e-6.
     for (field, x, y) in [
         ("rms_norm_eps", a.rms_norm_eps, b.rms_norm_eps),
         ("rope_theta", a.rope_theta, b.rope_theta),
     ] {
-        if x != y {
+        if x as f32 != y as f32 {
             return Err(Error::ArchitectureMismatch {
                 what: format!(
                     "{field} differs: {x} in {} but {y} in {}",

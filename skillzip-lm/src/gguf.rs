@@ -220,6 +220,12 @@ impl GgufHeader {
         &self.label
     }
 
+    /// The byte range of `info`'s data in the file.
+    pub fn file_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        let start = self.data_start + info.offset;
+        start..start + info.len
+    }
+
     /// Dequantizes `info` from `bytes`, which must be the bytes the header was parsed from.
     pub fn dequantize(&self, bytes: &[u8], info: &TensorInfo) -> Result<Vec<f32>> {
         if bytes.len() != self.file_len {

@@ -163,10 +163,11 @@ pub fn write_streamed(
     let label = path.display().to_string();
     let elem = dtype.size() as u64;
     let mut header = serde_json::Map::new();
-    let meta: serde_json::Map<String, serde_json::Value> = metadata
+    // HF loaders expect `format: pt`; a caller's own `format` wins.
+    let meta: serde_json::Map<String, serde_json::Value> = [("format", "pt")]
         .iter()
+        .chain(metadata)
         .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-        .chain([("format".to_string(), "pt".into())])
         .collect();
     header.insert("__metadata__".into(), meta.into());
     let mut offset = 0u64;

@@ -4,8 +4,8 @@
 //! `SKILLZIP_WRITE_SEEDS=1`, rewrites them).
 
 mod common;
-
-use std::path::{Path, PathBuf};
+#[path = "../../fuzz/corpus_support.rs"]
+mod corpus_support;
 
 use common::{GGML_F32, GGML_Q4_1, GGML_Q8_0, gguf_of};
 use skillzip_lm::config::LlamaConfig;
@@ -13,23 +13,8 @@ use skillzip_lm::fuzzing::{check_gguf_bytes, check_index_bytes};
 use skillzip_lm::gguf::GgufFile;
 use skillzip_lm::model::Llama;
 
-fn corpus(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = corpus(target);
-    let mut count = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        eprintln!("replaying {}", path.display());
-        check(&data);
-        count += 1;
-    }
-    count
+    corpus_support::replay(env!("CARGO_MANIFEST_DIR"), target, check)
 }
 
 /// A one-block model small enough for a corpus file.
@@ -89,28 +74,9 @@ fn seed_indexes() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn seed_corpus_is_current() {
-    let write = std::env::var_os("SKILLZIP_WRITE_SEEDS").is_some();
-    for (target, seeds) in [
-        ("gguf_reader", seed_ggufs()),
-        ("checkpoint_index", seed_indexes()),
-    ] {
-        let dir = corpus(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds {
-            let path = dir.join(name);
-            if write {
-                std::fs::write(&path, &bytes).unwrap();
-            } else {
-                let on_disk =
-                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert!(
-                    on_disk == bytes,
-                    "{} is stale: regenerate with SKILLZIP_WRITE_SEEDS=1",
-                    path.display()
-                );
-            }
-        }
-    }
+    let dir = env!("CARGO_MANIFEST_DIR");
+    corpus_support::check_seeds(dir, "gguf_reader", seed_ggufs());
+    corpus_support::check_seeds(dir, "checkpoint_index", seed_indexes());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use skillzip_core::compress::{BitConfig, CompressConfig, WeightQuantizer};
 use skillzip_core::merge::{MergeConfig, MergeMethod, ModelParams};
 use skillzip_format::dense::DenseDtype;
-use skillzip_lm::calibrate::SkillCalibration;
+use skillzip_lm::calibrate::{CalibrationFile, CalibrationSource};
 use skillzip_lm::compress::{
     CompressReport, DensePolicy, Event, ModelCompressOptions, RankPolicy, SkillSource,
     compress_model,
@@ -151,11 +151,19 @@ pub fn run(a: Args, quiet: bool) -> CliResult<()> {
         .iter()
         .map(|(n, p)| Ok((n.clone(), open_checkpoint(p.as_ref())?)))
         .collect::<CliResult<Vec<_>>>()?;
-    let calibration: BTreeMap<String, SkillCalibration> = a
+    // Memory-mapped and read one site at a time, so a large model's statistics never sit in
+    // memory at once.
+    let calibration: BTreeMap<String, CalibrationFile> = a
         .calibration
         .iter()
         .map(|(n, p)| {
-            let c = SkillCalibration::load(p.as_ref()).map_err(|e| e.to_string())?;
+            let c = CalibrationFile::open(p.as_ref()).map_err(|e| e.to_string())?;
+            if c.skill() != n {
+                return Err(format!(
+                    "{p}: holds statistics of skill {}, not {n}",
+                    c.skill()
+                ));
+            }
             Ok((n.clone(), c))
         })
         .collect::<CliResult<_>>()?;

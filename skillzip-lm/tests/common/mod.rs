@@ -480,3 +480,21 @@ pub fn write_config(dir: &Path, config: &LlamaConfig) {
     )
     .unwrap();
 }
+
+/// GGUF writer metadata as the values the GGUF reader returns (what `Tokenizer::from_gguf`
+/// takes): unsigned → `U64`, signed → `I64`, floats → `F64`.
+pub fn meta_values(meta: &[(&str, Meta)]) -> BTreeMap<String, skillzip_lm::gguf::Value> {
+    use skillzip_lm::gguf::Value;
+    let value = |m: &Meta| match m {
+        Meta::U32(x) => Value::U64(*x as u64),
+        Meta::I32(x) => Value::I64(*x as i64),
+        Meta::F32(x) => Value::F64(*x as f64),
+        Meta::Bool(x) => Value::Bool(*x),
+        Meta::Str(s) => Value::String(s.clone()),
+        Meta::StrArray(v) => Value::Array(v.iter().map(|s| Value::String(s.clone())).collect()),
+        Meta::I32Array(v) => Value::Array(v.iter().map(|x| Value::I64(*x as i64)).collect()),
+    };
+    meta.iter()
+        .map(|(k, v)| (k.to_string(), value(v)))
+        .collect()
+}
