@@ -155,6 +155,8 @@ fn calibrate_compress_inspect_eval_export_merge() {
         &format!("alpha={}", f.path("alpha.calib")),
         "--calibration",
         &format!("beta={}", f.path("beta.calib")),
+        "--method-for",
+        "down_proj=X8A4B4",
         "--merge",
         "ties",
         "--density",
@@ -189,6 +191,20 @@ fn calibrate_compress_inspect_eval_export_merge() {
         inspect.contains("model.layers.1.mlp.down_proj"),
         "{inspect}"
     );
+    // The per-kind grid: INT4 weights for down_proj only.
+    let rows: Vec<&str> = inspect
+        .lines()
+        .filter(|l| l.contains("| model.layers."))
+        .collect();
+    assert_eq!(rows.len(), 2 * 2 * 7, "{inspect}");
+    for line in rows {
+        let want = if line.contains("down_proj") {
+            "X8A4B4"
+        } else {
+            "X8A8B8"
+        };
+        assert!(line.contains(want), "{line}");
+    }
 
     // Backbone + skillpack is far closer to the fine-tune than the base is.
     let eval = ok(&[

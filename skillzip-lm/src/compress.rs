@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use faer::{Mat, MatRef};
-use skillzip_core::compress::{CalibrationData, CompressConfig, compress};
+use skillzip_core::compress::{BitConfig, CalibrationData, CompressConfig, compress};
 use skillzip_core::merge::{MaskSource, MergeConfig, extract_shared};
 use skillzip_core::metrics::relative_error;
 use skillzip_core::runtime::apply_batched;
@@ -83,6 +83,10 @@ pub struct ModelCompressOptions {
     pub backbone_dtype: DenseDtype,
     /// Which linear layers get skillpack factors (the others' deltas are stored dense).
     pub kinds: Vec<LinearKind>,
+    /// Per-kind quantization grids overriding `layer.bits` (e.g. INT4 weights for the MLP),
+    /// the per-layer bit policy; applied before the rank policy, so a byte budget buys more
+    /// rank where the grid is narrower.
+    pub bits_by_kind: BTreeMap<LinearKind, BitConfig>,
 }
 
 impl ModelCompressOptions {
@@ -96,6 +100,7 @@ impl ModelCompressOptions {
             dense: DensePolicy::Skillpack(DenseDtype::F16),
             backbone_dtype: DenseDtype::F32,
             kinds: LinearKind::ALL.to_vec(),
+            bits_by_kind: BTreeMap::new(),
         }
     }
 }
@@ -436,6 +441,9 @@ impl Walker<'_> {
             );
             let residual = paper_layout(&residuals[k], out, inp);
             let mut cfg = self.opts.layer.clone();
+            if let Some(bits) = self.opts.bits_by_kind.get(&kind) {
+                cfg.bits = *bits;
+            }
             let max_rank = inp.min(out);
             cfg.rank = match self.opts.policy {
                 RankPolicy::Fixed(r) => r.clamp(1, max_rank),
@@ -555,6 +563,11 @@ pub fn compress_model(
     };
     let config_json = serde_json::json!({
         "method": opts.layer.bits.label(),
+        "method_by_kind": opts
+            .bits_by_kind
+            .iter()
+            .map(|(k, b)| (k.leaf().to_string(), serde_json::Value::from(b.label())))
+            .collect::<serde_json::Map<_, _>>(),
         "smooth": opts.layer.smooth,
         "rotate": opts.layer.rotate,
         "rank_policy": format!("{:?}", opts.policy),

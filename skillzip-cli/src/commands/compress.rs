@@ -10,6 +10,7 @@ use skillzip_core::compress::{BitConfig, CompressConfig, WeightQuantizer};
 use skillzip_core::merge::{MergeConfig, MergeMethod, ModelParams};
 use skillzip_format::dense::DenseDtype;
 use skillzip_lm::calibrate::{CalibrationFile, CalibrationSource};
+use skillzip_lm::checkpoint::LinearKind;
 use skillzip_lm::compress::{
     CompressReport, DensePolicy, Event, ModelCompressOptions, RankPolicy, SkillSource,
     compress_model,
@@ -86,6 +87,14 @@ pub struct Args {
     /// Quantization grids: X8A8B8, X8A4B4, X4A4B8 or X4A4B4.
     #[arg(long, default_value = "X8A8B8")]
     pub method: String,
+    /// Grids for one kind of linear, overriding --method: LEAF=METHOD, e.g.
+    /// `down_proj=X8A4B4` (repeatable; leaves: q_proj k_proj v_proj o_proj gate_proj up_proj
+    /// down_proj).
+    #[arg(long = "method-for", value_parser = name_value)]
+    pub method_for: Vec<(String, String)>,
+    /// Storage type of the shared backbone delta: F32 (exact), BF16 or F16.
+    #[arg(long, default_value = "F32")]
+    pub backbone_dtype: String,
     /// Fixed rank for every layer.
     #[arg(long, conflicts_with_all = ["energy", "budget_bytes"])]
     pub rank: Option<usize>,
@@ -203,6 +212,19 @@ pub fn run(a: Args, quiet: bool) -> CliResult<()> {
         "backbone" => DensePolicy::Backbone,
         other => return Err(format!("--dense {other}: expected skillpack or backbone")),
     };
+    for (leaf, method) in &a.method_for {
+        let kind = LinearKind::ALL
+            .into_iter()
+            .find(|k| k.leaf() == leaf)
+            .ok_or_else(|| format!("--method-for {leaf}: not a linear leaf name"))?;
+        opts.bits_by_kind.insert(kind, bits(method)?);
+    }
+    opts.backbone_dtype = DenseDtype::from_name(&a.backbone_dtype).ok_or_else(|| {
+        format!(
+            "--backbone-dtype {}: expected F32, BF16 or F16",
+            a.backbone_dtype
+        )
+    })?;
     eprintln!(
         "compressing {} skill(s) against {} with {} ({:?}, merge {})",
         skills.len(),
