@@ -293,7 +293,7 @@ impl Walker<'_> {
             _ => None,
         };
         let shared = match linear {
-            Some((l, kind)) => self.linear(name, l, kind, shape, &deltas, progress)?,
+            Some((l, kind)) => self.linear(l, kind, shape, &deltas, progress)?,
             None => self.dense(name, shape, &deltas)?,
         };
         let theta: Vec<u8> = base
@@ -390,7 +390,6 @@ impl Walker<'_> {
 
     fn linear(
         &mut self,
-        name: &str,
         l: usize,
         kind: LinearKind,
         shape: &[usize],
@@ -418,7 +417,7 @@ impl Walker<'_> {
                         Error::InvalidInput(format!(
                             "skill {}: calibration has no {} rows for {module}",
                             skill.name,
-                            split_name(split)
+                            split.name()
                         ))
                     })
                     .and_then(|s| {
@@ -493,13 +492,8 @@ impl Walker<'_> {
             );
             self.report.layers.push(record);
         }
-        let _ = name;
         Ok(shared)
     }
-}
-
-fn split_name(split: Split) -> &'static str {
-    split.name()
 }
 
 /// Compresses every skill's delta against `base` into a bundle directory `out` (created if
