@@ -20,7 +20,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use faer::{Mat, MatRef};
 use skillzip_core::smooth::ActStats;
-use skillzip_format::dense::{DenseDtype, read_dense_tensors};
+use skillzip_format::dense::DenseDtype;
 
 use crate::checkpoint::{Checkpoint, LinearKind};
 use crate::error::{Error, Result};
@@ -155,8 +155,8 @@ impl SkillCalibration {
             ("skill".to_string(), self.skill.clone()),
         ];
         let mut by_name = BTreeMap::new();
-        for ((l, site, split), s) in &self.sites {
-            let key = format!("model.layers.{l}.{}.{}", site.name(), split.name());
+        for (&id, s) in &self.sites {
+            let key = site_key(id);
             list.push((format!("{key}.rows"), vec![s.rows.nrows(), s.rows.ncols()]));
             list.push((format!("{key}.mean_abs"), vec![s.mean_abs.len()]));
             metadata.push((format!("{key}.tokens"), s.tokens.to_string()));
@@ -183,63 +183,19 @@ impl SkillCalibration {
 
     /// Reads statistics written by [`SkillCalibration::save`], validating names and shapes.
     pub fn load(path: &Path) -> Result<Self> {
-        let label = path.display().to_string();
-        let file = read_dense_tensors(path)?;
-        let bad = |what: String| Error::Safetensors {
-            file: label.clone(),
-            what,
-        };
-        if file.metadata.get("format").map(String::as_str) != Some("skillzip.calibration") {
-            return Err(bad(
-                "not a skillzip calibration file (metadata format)".into()
-            ));
-        }
-        let skill = file
-            .metadata
-            .get("skill")
-            .cloned()
-            .ok_or_else(|| bad("metadata skill is missing".into()))?;
+        let file = CalibrationFile::open(path)?;
         let mut sites = BTreeMap::new();
-        for (name, t) in &file.tensors {
-            let Some(key) = name.strip_suffix(".rows") else {
-                continue;
-            };
-            let parse = || -> Option<(usize, InputSite, Split)> {
-                let rest = key.strip_prefix("model.layers.")?;
-                let mut parts = rest.split('.');
-                let l = parts.next()?.parse().ok()?;
-                let site = InputSite::from_name(parts.next()?)?;
-                let split_name = parts.next()?;
-                let split = Split::ALL.into_iter().find(|s| s.name() == split_name)?;
-                parts.next().is_none().then_some((l, site, split))
-            };
-            let id = parse().ok_or_else(|| bad(format!("unexpected tensor {name}")))?;
-            let mean = file
-                .tensors
-                .get(&format!("{key}.mean_abs"))
-                .ok_or_else(|| bad(format!("{key}.mean_abs is missing")))?;
-            if t.shape.len() != 2 || mean.shape != [t.shape[1]] {
-                return Err(bad(format!(
-                    "{key}: rows {:?} and mean_abs {:?} disagree",
-                    t.shape, mean.shape
-                )));
-            }
-            let tokens = file
-                .metadata
-                .get(&format!("{key}.tokens"))
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad(format!("{key}.tokens is missing")))?;
-            let (r, c) = (t.shape[0], t.shape[1]);
-            sites.insert(
-                id,
-                SiteStats {
-                    mean_abs: mean.data.iter().map(|v| *v as f64).collect(),
-                    tokens,
-                    rows: Mat::from_fn(r, c, |i, j| t.data[i * c + j]),
-                },
-            );
+        for id in file.keys()? {
+            let stats = file.read_site(id)?.ok_or_else(|| Error::Safetensors {
+                file: file.label.clone(),
+                what: format!("{} is incomplete", site_key(id)),
+            })?;
+            sites.insert(id, stats);
         }
-        Ok(Self { skill, sites })
+        Ok(Self {
+            skill: file.skill,
+            sites,
+        })
     }
 }
 
@@ -320,6 +276,67 @@ impl CalibrationFile {
         })
     }
 
+    /// Every (block, site, split) the file holds; a tensor that belongs to none, or a site
+    /// missing its `mean_abs`, is a typed error.
+    pub fn keys(&self) -> Result<Vec<(usize, InputSite, Split)>> {
+        let bad = |what: String| Error::Safetensors {
+            file: self.label.clone(),
+            what,
+        };
+        let tensors = self.metadata.tensors();
+        let mut keys = Vec::new();
+        for name in tensors.keys() {
+            let key = name
+                .strip_suffix(".rows")
+                .or_else(|| name.strip_suffix(".mean_abs"))
+                .ok_or_else(|| bad(format!("unexpected tensor {name}")))?;
+            let id = parse_site_key(key).ok_or_else(|| bad(format!("unexpected tensor {name}")))?;
+            for part in ["rows", "mean_abs"] {
+                if !tensors.contains_key(&format!("{key}.{part}")) {
+                    return Err(bad(format!("{key}.{part} is missing")));
+                }
+            }
+            if name.ends_with(".rows") {
+                keys.push(id);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// One site's statistics (`None` when the file does not hold it).
+    pub fn read_site(&self, id: (usize, InputSite, Split)) -> Result<Option<SiteStats>> {
+        let key = site_key(id);
+        let (Some((rs, rows)), Some((ms, mean))) = (
+            self.tensor(&format!("{key}.rows"))?,
+            self.tensor(&format!("{key}.mean_abs"))?,
+        ) else {
+            return Ok(None);
+        };
+        if rs.len() != 2 || ms != [rs[1]] {
+            return Err(Error::Safetensors {
+                file: self.label.clone(),
+                what: format!("{key}: rows {rs:?} and mean_abs {ms:?} disagree"),
+            });
+        }
+        let tokens = self
+            .metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(&format!("{key}.tokens")))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Safetensors {
+                file: self.label.clone(),
+                what: format!("{key}.tokens is missing"),
+            })?;
+        let (r, c) = (rs[0], rs[1]);
+        Ok(Some(SiteStats {
+            mean_abs: mean.iter().map(|v| *v as f64).collect(),
+            tokens,
+            rows: Mat::from_fn(r, c, |i, j| rows[i * c + j]),
+        }))
+    }
+
     fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
         let Some(info) = self.metadata.info(name) else {
             return Ok(None);
@@ -361,40 +378,23 @@ impl CalibrationSource for CalibrationFile {
     }
 
     fn site(&self, layer: usize, kind: LinearKind, split: Split) -> Result<Option<SiteStats>> {
-        let key = format!(
-            "model.layers.{layer}.{}.{}",
-            InputSite::of(kind).name(),
-            split.name()
-        );
-        let (Some((rs, rows)), Some((ms, mean))) = (
-            self.tensor(&format!("{key}.rows"))?,
-            self.tensor(&format!("{key}.mean_abs"))?,
-        ) else {
-            return Ok(None);
-        };
-        if rs.len() != 2 || ms != [rs[1]] {
-            return Err(Error::Safetensors {
-                file: self.label.clone(),
-                what: format!("{key}: rows {rs:?} and mean_abs {ms:?} disagree"),
-            });
-        }
-        let tokens = self
-            .metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(&format!("{key}.tokens")))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::Safetensors {
-                file: self.label.clone(),
-                what: format!("{key}.tokens is missing"),
-            })?;
-        let (r, c) = (rs[0], rs[1]);
-        Ok(Some(SiteStats {
-            mean_abs: mean.iter().map(|v| *v as f64).collect(),
-            tokens,
-            rows: Mat::from_fn(r, c, |i, j| rows[i * c + j]),
-        }))
+        self.read_site((layer, InputSite::of(kind), split))
     }
+}
+
+/// The tensor-name stem of one site: `model.layers.{l}.{site}.{split}`.
+fn site_key((l, site, split): (usize, InputSite, Split)) -> String {
+    format!("model.layers.{l}.{}.{}", site.name(), split.name())
+}
+
+/// The inverse of [`site_key`].
+fn parse_site_key(key: &str) -> Option<(usize, InputSite, Split)> {
+    let mut parts = key.strip_prefix("model.layers.")?.split('.');
+    let l = parts.next()?.parse().ok()?;
+    let site = InputSite::from_name(parts.next()?)?;
+    let split_name = parts.next()?;
+    let split = Split::ALL.into_iter().find(|s| s.name() == split_name)?;
+    parts.next().is_none().then_some((l, site, split))
 }
 
 /// Splits prompts into the three disjoint splits by index: every 5th prompt is held out,
