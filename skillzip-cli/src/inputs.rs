@@ -130,12 +130,21 @@ pub fn tokenize(tok: &Tokenizer, prompts: &[Prompt]) -> CliResult<Vec<Vec<u32>>>
                     let template = tok
                         .chat_template()
                         .ok_or("the model has no chat template; use `text` prompts")?;
-                    let mut s = template.render(&[Message::user(prompt.clone())], true);
-                    if let Some(r) = response {
-                        s.push_str(r);
-                        s.push_str("<|im_end|>");
+                    // A response is the assistant's finished turn, in the template's own form.
+                    let user = Message::user(prompt.clone());
+                    match response {
+                        Some(r) => template.render(
+                            &[
+                                user,
+                                Message {
+                                    role: "assistant".into(),
+                                    content: r.clone(),
+                                },
+                            ],
+                            false,
+                        ),
+                        None => template.render(&[user], true),
                     }
-                    s
                 }
             };
             tok.encode(&text).map_err(|e| e.to_string())
