@@ -3,9 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// `fuzz/corpus/<target>`, seen from a crate one level below the workspace root.
+/// `fuzz/corpus/<target>` of the workspace holding the crate at `manifest_dir`.
 pub fn corpus(manifest_dir: &str, target: &str) -> PathBuf {
-    Path::new(manifest_dir).join("../fuzz/corpus").join(target)
+    let root = Path::new(manifest_dir)
+        .ancestors()
+        .find(|dir| dir.join("fuzz/corpus_support.rs").exists())
+        .unwrap_or_else(|| panic!("no fuzz/ directory above {manifest_dir}"));
+    root.join("fuzz/corpus").join(target)
 }
 
 /// Runs `check` on every file of the target's corpus (naming each, so a failure shows which)

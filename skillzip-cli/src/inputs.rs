@@ -18,20 +18,10 @@ pub fn open_checkpoint(path: &Path) -> CliResult<Checkpoint> {
 /// The tokenizer of a checkpoint: GGUF metadata, or `tokenizer.json` beside a safetensors
 /// checkpoint; `fallback` (another checkpoint, usually the base) when the directory has none.
 pub fn tokenizer_for(ckpt: &Checkpoint, fallback: Option<&Checkpoint>) -> CliResult<Tokenizer> {
-    if let Some(meta) = ckpt.gguf_metadata() {
-        return Tokenizer::from_gguf(meta).map_err(|e| format!("{}: {e}", ckpt.label()));
-    }
-    if let Some(dir) = ckpt.directory()
-        && dir.join("tokenizer.json").exists()
-    {
-        return Tokenizer::from_hf_dir(&dir).map_err(|e| e.to_string());
-    }
-    match fallback {
-        Some(f) => tokenizer_for(f, None),
-        None => Err(format!(
-            "{}: no tokenizer (neither GGUF metadata nor tokenizer.json)",
-            ckpt.label()
-        )),
+    match (Tokenizer::of_checkpoint(ckpt), fallback) {
+        (Ok(tok), _) => Ok(tok),
+        (Err(_), Some(f)) if ckpt.gguf_metadata().is_none() => tokenizer_for(f, None),
+        (Err(e), _) => Err(e.to_string()),
     }
 }
 
@@ -133,16 +123,7 @@ pub fn tokenize(tok: &Tokenizer, prompts: &[Prompt]) -> CliResult<Vec<Vec<u32>>>
                     // A response is the assistant's finished turn, in the template's own form.
                     let user = Message::user(prompt.clone());
                     match response {
-                        Some(r) => template.render(
-                            &[
-                                user,
-                                Message {
-                                    role: "assistant".into(),
-                                    content: r.clone(),
-                                },
-                            ],
-                            false,
-                        ),
+                        Some(r) => template.render(&[user, Message::assistant(r.clone())], false),
                         None => template.render(&[user], true),
                     }
                 }

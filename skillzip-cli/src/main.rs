@@ -1,5 +1,6 @@
 //! `skillzip`: thin glue over `skillzip-core` (the math), `skillzip-lm` (the model, calibration,
-//! model-level compression) and `skillzip-format` (the files).
+//! model-level compression), `skillzip-harness` (self-generation, LN-DPO, the weave pipeline)
+//! and `skillzip-format` (the files).
 //!
 //! Exit codes: `0` success; `1` the command failed (one line on stderr naming the file and the
 //! problem); `2` the command line is wrong (usage printed).
@@ -61,6 +62,10 @@ enum Command {
     /// A short supervised fine-tune of the linear layers on a built-in task (makes real
     /// skill deltas for trying the pipeline before the training harness exists).
     Finetune(commands::finetune::Args),
+    /// SkillWeave end to end: per skill self-generate, verify, train with LN-DPO; compress
+    /// every skill's delta into skillpacks; evaluate base, fine-tunes and skillpacks on
+    /// held-out tasks.
+    Weave(commands::weave::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::export::run(a),
         Command::Eval(a) => commands::eval::run(a, quiet),
         Command::Finetune(a) => commands::finetune::run(a, quiet),
+        Command::Weave(a) => commands::weave::run(a, quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,14 @@ impl BitConfig {
     pub fn label(&self) -> String {
         format!("X{}A{}B{}", self.act.bits(), self.a.bits(), self.b.bits())
     }
+
+    /// The grid a label names: `X8A8B8`, `X8A4B4`, `X4A4B8` or `X4A4B4` (the runtime's
+    /// grids); `None` for anything else.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [Self::X8A8B8, Self::X8A4B4, Self::X4A4B8, Self::X4A4B4]
+            .into_iter()
+            .find(|b| b.label() == label)
+    }
 }
 
 /// Which weight quantizer produces `Â` and `B̂`.

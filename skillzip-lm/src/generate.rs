@@ -25,6 +25,27 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// The same sampling with its seed advanced by `offset` (greedy is unchanged): row `r`
+    /// of a batch samples with `seed + r`.
+    pub fn seed_offset(self, offset: u64) -> Self {
+        match self {
+            Sampling::Sample {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            } => Sampling::Sample {
+                temperature,
+                top_k,
+                top_p,
+                seed: seed.wrapping_add(offset),
+            },
+            greedy => greedy,
+        }
+    }
+}
+
 /// Options of [`generate`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
@@ -78,6 +99,103 @@ pub fn generate(
     Ok(out)
 }
 
+/// Generates continuations of several prompts at once, left-padded into one batch with
+/// `pad_id` as filler. Row `r` samples with seed `seed + r` (its own [`Sampler`]); a row leaves
+/// the batch when it stops or reaches `opts.max_new_tokens`, so finished rows cost nothing.
+/// Greedy rows produce the tokens [`generate`] produces for the prompt alone (f32 rounding
+/// aside). Returns each prompt's new ids.
+pub fn generate_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    pad_id: u32,
+    hook: &mut dyn LinearHook,
+) -> Result<Vec<Vec<u32>>> {
+    let samples = sample_batch(model, prompts, 1, opts, pad_id, hook)?;
+    Ok(samples.into_iter().flatten().collect())
+}
+
+/// `copies` continuations of each prompt (self-generation's n samples per prompt): each
+/// prompt is run through the model once and its cache shared by its copies. Copy `j` of
+/// prompt `p` is row `p·copies + j` and samples with seed `seed + p·copies + j`, so the result
+/// does not depend on how prompts are grouped into calls. Returns `[prompt][copy]` new ids.
+pub fn sample_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    copies: usize,
+    opts: &GenerateOptions,
+    pad_id: u32,
+    hook: &mut dyn LinearHook,
+) -> Result<Vec<Vec<Vec<u32>>>> {
+    let mut outputs = vec![vec![Vec::new(); copies]; prompts.len()];
+    if prompts.is_empty() || copies == 0 || opts.max_new_tokens == 0 {
+        return Ok(outputs);
+    }
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(Error::InvalidInput("empty prompt".into()));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let positions = model.config().max_position_embeddings;
+    if longest > positions {
+        return Err(Error::InvalidInput(format!(
+            "prompt of {longest} tokens exceeds the model's {positions} positions"
+        )));
+    }
+    let steps = opts.max_new_tokens.min(positions + 1 - longest);
+    let rows = prompts.len() * copies;
+    let mut samplers = (0..rows)
+        .map(|r| Sampler::new(opts.sampling.seed_offset(r as u64)))
+        .collect::<Result<Vec<_>>>()?;
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut prefill: Vec<u32> = Vec::with_capacity(prompts.len() * longest);
+    for (p, &pad) in prompts.iter().zip(&pads) {
+        prefill.extend(std::iter::repeat_n(pad_id, pad));
+        prefill.extend(p);
+    }
+    let mut cache = KvCache::with_left_padding(pads);
+    let ids = Tensor::from_vec(prefill, (prompts.len(), longest), &Device::Cpu)?;
+    let logits = model.forward(&ids, Some(&mut cache), Logits::Last, hook)?;
+    let prompt_logits: Vec<Vec<f32>> = logits.squeeze(1)?.to_vec2()?;
+    if copies > 1 {
+        let expanded: Vec<usize> = (0..rows).map(|r| r / copies).collect();
+        cache.retain_rows(&expanded)?;
+    }
+    // Batch row i holds sample active[i] (prompt active[i] / copies).
+    let mut active: Vec<usize> = (0..rows).collect();
+    let mut step_logits: Vec<Vec<f32>> = Vec::new();
+    for step in 0..steps {
+        let mut keep = Vec::with_capacity(active.len());
+        let mut input = Vec::with_capacity(active.len());
+        for (i, &row) in active.iter().enumerate() {
+            let logits = if step == 0 {
+                &prompt_logits[row / copies]
+            } else {
+                &step_logits[i]
+            };
+            let next = samplers[row].next(logits);
+            if opts.stop.contains(&next) {
+                continue;
+            }
+            outputs[row / copies][row % copies].push(next);
+            if step + 1 < steps {
+                keep.push(i);
+                input.push(next);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache.retain_rows(&keep)?;
+            active = keep.iter().map(|&i| active[i]).collect();
+        }
+        let ids = Tensor::from_vec(input, (active.len(), 1), &Device::Cpu)?;
+        let logits = model.forward(&ids, Some(&mut cache), Logits::Last, hook)?;
+        step_logits = logits.squeeze(1)?.to_vec2()?;
+    }
+    Ok(outputs)
+}
+
 /// Picks tokens from logits.
 #[derive(Debug)]
 pub struct Sampler {
@@ -125,17 +243,23 @@ impl Sampler {
             } => {
                 self.order.clear();
                 self.order.extend(0..logits.len() as u32);
-                // Most likely first; ties by id so the result is reproducible.
-                self.order.sort_by(|&a, &b| {
-                    logits[b as usize]
-                        .total_cmp(&logits[a as usize])
-                        .then(a.cmp(&b))
-                });
+                // Most likely first; ties by id so the result is reproducible. With a top-k
+                // only the k best need sorting (a full sort of the vocabulary per token per
+                // row dominated batched sampling).
+                let most_likely_first = |a: &u32, b: &u32| {
+                    logits[*b as usize]
+                        .total_cmp(&logits[*a as usize])
+                        .then(a.cmp(b))
+                };
                 let k = if top_k == 0 {
                     logits.len()
                 } else {
                     top_k.min(logits.len())
                 };
+                if k < logits.len() {
+                    self.order.select_nth_unstable_by(k, most_likely_first);
+                }
+                self.order[..k].sort_unstable_by(most_likely_first);
                 let max = logits[self.order[0] as usize] as f64;
                 let weights: Vec<f64> = self.order[..k]
                     .iter()

@@ -51,16 +51,32 @@ pub enum Logits {
 }
 
 /// Keys and values of the positions seen so far, per block.
+///
+/// The cache is an inference tool: it stores keys and values detached from autograd.
+///
+/// A batch of prompts of different lengths is run left-padded: row `b` starts with
+/// `left_pad[b]` filler tokens that no real position attends to. RoPE scores depend only on
+/// the distance between positions, so a padded row computes what it would alone (to f32
+/// rounding).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    left_pad: Option<Vec<usize>>,
 }
 
 impl KvCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache for a left-padded batch: row `b`'s first `left_pad[b]` tokens are filler.
+    pub fn with_left_padding(left_pad: Vec<usize>) -> Self {
+        Self {
+            left_pad: Some(left_pad),
+            ..Self::default()
+        }
     }
 
     /// Positions cached.
@@ -71,6 +87,42 @@ impl KvCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Filler tokens at the start of each row, if the batch is padded.
+    pub fn left_padding(&self) -> Option<&[usize]> {
+        self.left_pad.as_deref()
+    }
+
+    /// Keeps only batch rows `rows` (in that order), e.g. when some sequences have finished.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if rows.is_empty() {
+            return Err(Error::InvalidInput(
+                "a cache must keep at least one row".into(),
+            ));
+        }
+        let index = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &Device::Cpu,
+        )?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let batch = k.dim(0)?;
+            if let Some(bad) = rows.iter().find(|&&r| r >= batch) {
+                return Err(Error::InvalidInput(format!(
+                    "row {bad} is outside a batch of {batch}"
+                )));
+            }
+            *k = k.index_select(&index, 0)?;
+            *v = v.index_select(&index, 0)?;
+        }
+        if let Some(pad) = &mut self.left_pad {
+            *pad = rows
+                .iter()
+                .map(|&r| pad.get(r).copied().unwrap_or(0))
+                .collect();
+        }
+        Ok(())
     }
 }
 
@@ -89,17 +141,29 @@ pub struct Block {
 pub struct Positions {
     cos: Tensor,
     sin: Tensor,
+    /// `[1 or batch, 1, tokens, past + tokens]`, added to the attention scores.
     mask: Tensor,
 }
 
 impl Positions {
     /// Tables for `tokens` new positions after `past` cached ones.
     pub fn new(config: &LlamaConfig, past: usize, tokens: usize) -> Result<Self> {
+        Self::padded(config, past, tokens, None)
+    }
+
+    /// Tables for a left-padded batch: no real position of row `b` attends to its first
+    /// `left_pad[b]` (filler) positions.
+    pub fn padded(
+        config: &LlamaConfig,
+        past: usize,
+        tokens: usize,
+        left_pad: Option<&[usize]>,
+    ) -> Result<Self> {
         let (cos, sin) = rope_tables(config, past + tokens)?;
         Ok(Self {
             cos: cos.narrow(0, past, tokens)?,
             sin: sin.narrow(0, past, tokens)?,
-            mask: causal_mask(tokens, past)?,
+            mask: causal_mask(tokens, past, left_pad)?,
         })
     }
 }
@@ -158,16 +222,22 @@ impl Block {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            // Detached: cached keys would otherwise hold every earlier step's autograd graph
+            // when a trainable (Var-backed) model generates, which grew self-generation to
+            // tens of GB. Nothing differentiates through a cache.
+            *slot = Some((k.detach(), v.detach()));
         }
+        // Grouped-query attention without copying keys: the `rep` query heads that share a
+        // key/value head are stacked as `rep·t` rows against it (heads are kv-major).
+        let rep = heads / kv_heads;
         let s = k.dim(2)?;
-        let k = repeat_kv(&k, heads / kv_heads)?;
-        let v = repeat_kv(&v, heads / kv_heads)?;
+        let q = q.reshape((b, kv_heads, rep * t, hd))?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let scores = scores.broadcast_add(&pos.mask.reshape((1, 1, t, s))?)?;
-        let att = softmax_last(&scores)?;
+        let scores = scores.reshape((b, heads, t, s))?.broadcast_add(&pos.mask)?;
+        let att = softmax_last(&scores)?.reshape((b, kv_heads, rep * t, s))?;
         let o = att
             .matmul(&v)?
+            .reshape((b, heads, t, hd))?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * t, d))?;
@@ -302,8 +372,42 @@ impl Llama {
         logits: Logits,
         hook: &mut dyn LinearHook,
     ) -> Result<Tensor> {
-        let (_, tokens) = ids.dims2()?;
+        let x = self.hidden_states(ids, cache, hook)?;
+        let x = match logits {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
+        };
+        head_logits(&self.config, &x, &self.norm, &self.lm_head)
+    }
+
+    /// Logits `[rows, vocab]` of hidden states `[rows, d]` taken from
+    /// [`Llama::hidden_states`]: the final norm and the LM head. Training computes the head
+    /// only at the positions its loss reads (the head is a `vocab × d` GEMM per position).
+    pub fn logits_of(&self, hidden_rows: &Tensor) -> Result<Tensor> {
+        let (rows, d) = hidden_rows.dims2()?;
+        let x = hidden_rows.reshape((1, rows, d))?;
+        Ok(head_logits(&self.config, &x, &self.norm, &self.lm_head)?.squeeze(0)?)
+    }
+
+    /// The last block's output `[batch, tokens, d]`, before the final norm: what
+    /// [`Llama::forward`] feeds the LM head, and the features a router reads.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        hook: &mut dyn LinearHook,
+    ) -> Result<Tensor> {
+        let (batch, tokens) = ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len);
+        let left_pad = cache.as_ref().and_then(|c| c.left_pad.clone());
+        if let Some(pad) = &left_pad
+            && pad.len() != batch
+        {
+            return Err(Error::InvalidInput(format!(
+                "the cache is padded for {} rows, the batch has {batch}",
+                pad.len()
+            )));
+        }
         if tokens == 0 {
             return Err(Error::InvalidInput("no tokens to run".into()));
         }
@@ -322,7 +426,7 @@ impl Llama {
             )));
         }
         let mut x = self.embed(ids)?;
-        let pos = Positions::new(&self.config, past, tokens)?;
+        let pos = Positions::padded(&self.config, past, tokens, left_pad.as_deref())?;
         let mut cache = cache;
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.blocks.len()
@@ -346,11 +450,7 @@ impl Llama {
         if let Some(c) = cache {
             c.len += tokens;
         }
-        let x = match logits {
-            Logits::All => x,
-            Logits::Last => x.narrow(1, tokens - 1, 1)?,
-        };
-        head_logits(&self.config, &x, &self.norm, &self.lm_head)
+        Ok(x)
     }
 
     /// The token embeddings of `ids` (`[batch, tokens]`): `[batch, tokens, d]`.
@@ -438,23 +538,27 @@ fn rope_tables(c: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
     ))
 }
 
-/// `[tokens, past + tokens]`: 0 where query `i` (at position `past + i`) may attend, −∞ after.
-fn causal_mask(tokens: usize, past: usize) -> Result<Tensor> {
+/// `[rows, 1, tokens, past + tokens]`: 0 where query `i` (at position `past + i`) may attend,
+/// −∞ after it and, for a real position of a left-padded row, on the row's filler. Filler
+/// positions attend causally among themselves so that no softmax row is empty (−∞ everywhere
+/// would give NaN, and NaN keys poison even masked scores).
+fn causal_mask(tokens: usize, past: usize, left_pad: Option<&[usize]>) -> Result<Tensor> {
     let s = past + tokens;
-    let data: Vec<f32> = (0..tokens)
-        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(data, (tokens, s), &Device::Cpu)?)
-}
-
-/// `[b, kv, s, hd]` → `[b, kv·rep, s, hd]`, each key/value head repeated for its query group.
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
+    let no_pad = [0usize];
+    let pads = left_pad.unwrap_or(&no_pad);
+    let mut data = Vec::with_capacity(pads.len() * tokens * s);
+    for &pad in pads {
+        for i in 0..tokens {
+            let query = past + i;
+            data.extend((0..s).map(|j| {
+                let hidden = j > query || (query >= pad && j < pad);
+                if hidden { f32::NEG_INFINITY } else { 0.0 }
+            }));
+        }
     }
-    let (b, kv, s, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, s, hd))?
-        .contiguous()?
-        .reshape((b, kv * rep, s, hd))?)
+    Ok(Tensor::from_vec(
+        data,
+        (pads.len(), 1, tokens, s),
+        &Device::Cpu,
+    )?)
 }

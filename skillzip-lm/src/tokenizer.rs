@@ -48,6 +48,22 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a checkpoint: its GGUF metadata, or the `tokenizer.json` (with
+    /// `tokenizer_config.json`) beside a safetensors checkpoint.
+    pub fn of_checkpoint(ckpt: &crate::checkpoint::Checkpoint) -> Result<Self> {
+        if let Some(meta) = ckpt.gguf_metadata() {
+            return Self::from_gguf(meta)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", ckpt.label())));
+        }
+        match ckpt.directory() {
+            Some(dir) if dir.join("tokenizer.json").exists() => Self::from_hf_dir(&dir),
+            _ => Err(Error::Tokenizer(format!(
+                "{}: no tokenizer (neither GGUF metadata nor tokenizer.json)",
+                ckpt.label()
+            ))),
+        }
+    }
+
     /// Builds the tokenizer from GGUF metadata (`tokenizer.ggml.model` must be `gpt2`, i.e.
     /// byte-level BPE).
     pub fn from_gguf(meta: &BTreeMap<String, Value>) -> Result<Self> {
@@ -249,6 +265,14 @@ impl Message {
     pub fn user(content: impl Into<String>) -> Self {
         Self {
             role: "user".into(),
+            content: content.into(),
+        }
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: "assistant".into(),
             content: content.into(),
         }
     }

@@ -130,17 +130,8 @@ pub struct Args {
 }
 
 fn bits(method: &str) -> CliResult<BitConfig> {
-    Ok(match method {
-        "X8A8B8" => BitConfig::X8A8B8,
-        "X8A4B4" => BitConfig::X8A4B4,
-        "X4A4B8" => BitConfig::X4A4B8,
-        "X4A4B4" => BitConfig::X4A4B4,
-        other => {
-            return Err(format!(
-                "--method {other}: expected X8A8B8, X8A4B4, X4A4B8 or X4A4B4"
-            ));
-        }
-    })
+    BitConfig::from_label(method)
+        .ok_or_else(|| format!("--method {method}: expected X8A8B8, X8A4B4, X4A4B8 or X4A4B4"))
 }
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.

@@ -7,3 +7,4 @@ pub mod export;
 pub mod finetune;
 pub mod inspect;
 pub mod merge;
+pub mod weave;

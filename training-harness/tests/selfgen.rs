@@ -1,0 +1,160 @@
+//! Self-generation judges every sample with the task's verifier, is reproducible and
+//! independent of batching; preference pairs are distinct helpful × harmful combinations;
+//! the accuracy interval is the Wilson interval.
+
+mod common;
+
+use common::{chat_tokenizer, tiny_model};
+use skillzip_harness::eval::{Accuracy, accuracy_of, evaluate};
+use skillzip_harness::selfgen::{Generated, Sample, answer_tasks, encode_prompt, preference_pairs};
+use skillzip_lm::generate::Sampling;
+use skillzip_lm::model::NoHook;
+use skillzip_tasks::task::generate;
+use skillzip_tasks::{Domain, Split, Verdict, verify};
+
+fn sampling(seed: u64) -> Sampling {
+    Sampling::Sample {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed,
+    }
+}
+
+#[test]
+fn samples_are_judged_reproducible_and_independent_of_batching() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = chat_tokenizer(dir.path());
+    let model = tiny_model(31, 20.0);
+    let tasks: Vec<_> = generate(Domain::Choice, 1, Split::Train, 3, 5)
+        .into_iter()
+        .chain(generate(Domain::Math, 1, Split::Train, 2, 5))
+        .collect();
+    let run = |per_batch, seed| {
+        answer_tasks(
+            &model,
+            &tok,
+            &tasks,
+            3,
+            sampling(seed),
+            per_batch,
+            None,
+            &mut NoHook,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let a = run(2, 9);
+    assert_eq!(a.len(), tasks.len());
+    for (g, task) in a.iter().zip(&tasks) {
+        assert_eq!(&g.task, task);
+        assert_eq!(g.prompt, encode_prompt(&tok, &task.prompt).unwrap());
+        assert_eq!(g.samples.len(), 3);
+        for s in &g.samples {
+            assert_eq!(s.verdict, verify(task, &s.text, None), "{}", s.text);
+            assert!(!s.ids.is_empty() && s.ids.len() <= task.max_new_tokens() + 1);
+        }
+    }
+    let texts = |g: &[Generated]| -> Vec<Vec<Vec<u32>>> {
+        g.iter()
+            .map(|g| g.samples.iter().map(|s| s.ids.clone()).collect())
+            .collect()
+    };
+    assert_eq!(texts(&a), texts(&run(2, 9)), "same seed, same samples");
+    assert_eq!(
+        texts(&a),
+        texts(&run(5, 9)),
+        "batching does not change a row's seed"
+    );
+    assert_ne!(texts(&a), texts(&run(2, 10)));
+    // Copies of a prompt are different samples.
+    assert!(a.iter().any(|g| g.samples[0].ids != g.samples[1].ids));
+
+    let (acc, greedy) =
+        evaluate(&model, &tok, &tasks, 2, None, &mut NoHook, &mut |_, _| {}).unwrap();
+    assert_eq!(acc, accuracy_of(&greedy));
+    assert_eq!(acc.total, tasks.len());
+    assert!(greedy.iter().all(|g| g.samples.len() == 1));
+}
+
+fn sample(text: &str, ids: Vec<u32>, helpful: bool) -> Sample {
+    Sample {
+        text: text.into(),
+        ids,
+        verdict: if helpful {
+            Verdict::helpful("ok")
+        } else {
+            Verdict::harmful("no")
+        },
+    }
+}
+
+#[test]
+fn pairs_are_distinct_helpful_harmful_combinations() {
+    let task = generate(Domain::Math, 1, Split::Train, 1, 1).remove(0);
+    let mixed = Generated {
+        task: task.clone(),
+        prompt: vec![1, 2, 3],
+        samples: vec![
+            sample("good a", vec![10], true),
+            sample("bad a", vec![20], false),
+            sample("good b", vec![11], true),
+            sample("bad a again", vec![20], false),
+            sample("bad b", vec![21], false),
+            sample("", vec![], false),
+        ],
+    };
+    let only_good = Generated {
+        task,
+        prompt: vec![4],
+        samples: vec![
+            sample("good", vec![12], true),
+            sample("good", vec![13], true),
+        ],
+    };
+    let all = preference_pairs(&[mixed.clone(), only_good.clone()], 100);
+    // 2 distinct helpful × 2 distinct non-empty harmful; nothing from the all-helpful prompt.
+    assert_eq!(all.len(), 4);
+    let mut combos: Vec<(u32, u32)> = all.iter().map(|p| (p.chosen[0], p.rejected[0])).collect();
+    combos.sort();
+    assert_eq!(combos, vec![(10, 20), (10, 21), (11, 20), (11, 21)]);
+    assert!(all.iter().all(|p| p.prompt == vec![1, 2, 3]));
+    // A cap takes every helpful answer once before reusing one.
+    let two = preference_pairs(&[mixed], 2);
+    assert_eq!(two.len(), 2);
+    assert_ne!(two[0].chosen, two[1].chosen);
+    assert!(preference_pairs(&[only_good], 5).is_empty());
+}
+
+#[test]
+fn the_interval_is_wilson_s() {
+    let cases = [
+        (0, 10, 0.0, 0.277_5),
+        (5, 10, 0.236_6, 0.763_4),
+        (10, 10, 0.722_5, 1.0),
+        (30, 100, 0.218_9, 0.395_9),
+    ];
+    for (correct, total, lo, hi) in cases {
+        let (l, h) = Accuracy { correct, total }.wilson95();
+        assert!(
+            (l - lo).abs() < 5e-4 && (h - hi).abs() < 5e-4,
+            "{correct}/{total}: {l} {h}"
+        );
+    }
+    assert_eq!(
+        Accuracy {
+            correct: 0,
+            total: 0
+        }
+        .wilson95(),
+        (0.0, 1.0)
+    );
+    assert_eq!(
+        Accuracy {
+            correct: 3,
+            total: 4
+        }
+        .to_string(),
+        "75.0% [30.1, 95.4] (n=4)"
+    );
+}
