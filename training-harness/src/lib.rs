@@ -12,12 +12,14 @@
 //! - [`eval`]: greedy held-out evaluation and accuracy with a Wilson interval.
 //! - [`weave`]: the pipeline: per skill self-generate → verify → train → delta; calibrate;
 //!   compress into bundles; evaluate every configuration; the results table.
+//! - [`fuzzing`]: the checks of the `trainer_checkpoint` fuzz target.
 //! - [`Error`]: every failure.
 #![deny(missing_docs)]
 
 pub mod dpo;
 pub mod error;
 pub mod eval;
+pub mod fuzzing;
 pub mod optim;
 pub mod selfgen;
 pub mod train;

@@ -93,7 +93,7 @@ const LATEST: &str = "LATEST";
 
 /// `state.json` of a checkpoint.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct SavedState {
+pub(crate) struct SavedState {
     steps: u64,
     train: TrainConfig,
     /// The caller's own progress (round, data cursor, …), returned on resume.
@@ -290,8 +290,7 @@ impl DpoTrainer {
         let ckpt = dir.join(name);
         let state_path = ckpt.join(STATE_FILE);
         let bytes = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let state: SavedState = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(&state_path, e.to_string()))?;
+        let state = parse_state(&bytes, &state_path)?;
         let mut trainer = Self::new(config, base, state.train)?;
         let specs = trainer.trainable_specs();
         let read = |file: &str| read_f32_tensors(&ckpt.join(file), &specs);
@@ -306,10 +305,20 @@ impl DpoTrainer {
 }
 
 /// Reads the f32 tensors `specs` (in order) from a safetensors file written by
-/// [`DpoTrainer::save_checkpoint`], checking every name, dtype and shape.
+/// [`DpoTrainer::save_checkpoint`].
 fn read_f32_tensors(path: &Path, specs: &[(String, Vec<usize>)]) -> Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
+    parse_f32_tensors(&bytes, path, specs)
+}
+
+/// Parses the f32 tensors `specs` (in order) from safetensors bytes, checking every name,
+/// dtype and shape; `path` names the file in errors.
+pub(crate) fn parse_f32_tensors(
+    bytes: &[u8],
+    path: &Path,
+    specs: &[(String, Vec<usize>)],
+) -> Result<Vec<Vec<f32>>> {
+    let file = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::corrupt(path, e.to_string()))?;
     specs
         .iter()
@@ -333,4 +342,14 @@ fn read_f32_tensors(path: &Path, specs: &[(String, Vec<usize>)]) -> Result<Vec<V
                 .collect())
         })
         .collect()
+}
+
+/// Parses a checkpoint's `state.json`; `path` names the file in errors.
+pub(crate) fn parse_state(bytes: &[u8], path: &Path) -> Result<SavedState> {
+    let state: SavedState =
+        serde_json::from_slice(bytes).map_err(|e| Error::corrupt(path, e.to_string()))?;
+    if state.steps > usize::MAX as u64 / 2 {
+        return Err(Error::corrupt(path, format!("{} steps", state.steps)));
+    }
+    Ok(state)
 }
