@@ -8,7 +8,7 @@
 //!
 //! | domain | level 1 | level 2 | level 3 | level 4 |
 //! |---|---|---|---|---|
-//! | `math` | one addition or subtraction | two steps | multiplication and division | three or more steps |
+//! | `math` | one addition or subtraction of numbers 2 to 9 | two steps | multiplication and division | three or more steps |
 //! | `ifeval` | one easy constraint | one harder constraint | two constraints | three, one of them structural |
 //! | `mc` | two options | three options | four options | four options, multi-step reasoning |
 //! | `code` | one-line functions | loops over lists and strings | conditions and string logic | small algorithms |
@@ -173,6 +173,11 @@ pub enum Check {
         answer: char,
         /// How many options the prompt lists (2 to 26).
         options: usize,
+        /// The options' texts in letter order (`texts[0]` is option `A`'s), or empty where
+        /// unknown. When a response names no option letter, the verifier looks for these texts
+        /// instead; JSON without the field reads as empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        texts: Vec<String>,
     },
     /// The response's Python code must pass the assert lines `tests`.
     Code {
@@ -201,9 +206,19 @@ impl Check {
                 }
                 constraints.iter().try_for_each(Constraint::validate)
             }
-            Check::Choice { answer, options } => {
+            Check::Choice {
+                answer,
+                options,
+                texts,
+            } => {
                 if !(2..=26).contains(options) {
                     return Err(format!("options must be 2 to 26, found {options}"));
+                }
+                if !texts.is_empty() && texts.len() != *options {
+                    return Err(format!(
+                        "{} option texts for {options} options",
+                        texts.len()
+                    ));
                 }
                 match letter_index(*answer) {
                     Some(i) if i < *options => Ok(()),
@@ -641,7 +656,7 @@ fn capitalize(text: &str) -> String {
 }
 
 /// The letter of option `index` (0 → `A`).
-fn option_letter(index: usize) -> char {
+pub(crate) fn option_letter(index: usize) -> char {
     char::from(b'A' + (index % 26) as u8)
 }
 
@@ -722,52 +737,84 @@ fn draw_math(level: u8, rng: &mut SeededRng) -> Draft {
     }
 }
 
+/// Level 1: one addition or one subtraction of two numbers from 2 to 9 (a subtraction's answer
+/// is at least 1), in short templates. Names and objects are surface, so the level holds
+/// `MATH_ADD_TEMPLATES` × 64 sums plus `MATH_SUB_TEMPLATES` × 28 differences: about 1,100
+/// problems, some 550 per split.
 fn math_one_step(rng: &mut SeededRng, [a, b, _]: [&str; 3], obj: &str) -> MathProblem {
-    let template = rng.random_range(0..6u8);
-    let (x, y) = match template {
-        0 | 2 | 4 => (rng.random_range(2..=40i64), rng.random_range(2..=40i64)),
-        _ => {
-            let x = rng.random_range(5..=40i64);
-            (x, rng.random_range(1..x))
-        }
+    let template = rng.random_range(0..MATH_ADD_TEMPLATES + MATH_SUB_TEMPLATES);
+    let (x, y) = if template < MATH_ADD_TEMPLATES {
+        (rng.random_range(2..=9i64), rng.random_range(2..=9i64))
+    } else {
+        let x = rng.random_range(3..=9i64);
+        (x, rng.random_range(2..x))
     };
-    let (text, answer) = match template {
-        0 => (
-            format!(
-                "{a} has {x} {obj}. {b} gives {a} {y} more {obj}. How many {obj} does {a} have now?"
-            ),
-            x + y,
+    let text = match template {
+        0 => {
+            format!("{a} has {x} {obj}. {a} gets {y} more {obj}. How many {obj} does {a} have now?")
+        }
+        1 => format!(
+            "{a} has {x} {obj} and {b} has {y} {obj}. How many {obj} do they have in total?"
         ),
-        1 => (
-            format!(
-                "{a} had {x} {obj} and gave {y} of them to {b}. How many {obj} does {a} have left?"
-            ),
-            x - y,
+        2 => format!(
+            "{a} has {x} {obj}. {b} gives {a} {y} more {obj}. How many {obj} does {a} have now?"
         ),
-        2 => (
-            format!(
-                "{a} has {x} {obj} and {b} has {y} {obj}. How many {obj} do they have in total?"
-            ),
-            x + y,
+        3 => format!(
+            "There are {x} {obj} in a box. {a} puts in {y} more {obj}. How many {obj} are in the box now?"
         ),
-        3 => (
-            format!(
-                "There are {x} {obj} in a box. {a} takes {y} of them out. How many {obj} are still in the box?"
-            ),
-            x - y,
+        4 => format!(
+            "{a} found {x} {obj} in the morning and {y} {obj} in the afternoon. How many {obj} did {a} find?"
         ),
-        4 => (
-            format!(
-                "{a} has {x} {obj}. {b} has {y} more {obj} than {a}. How many {obj} does {b} have?"
-            ),
-            x + y,
+        5 => {
+            format!("{a} buys {x} {obj}. Then {a} buys {y} more {obj}. How many {obj} did {a} buy?")
+        }
+        6 => format!(
+            "There are {x} {obj} on a table. {a} adds {y} {obj}. How many {obj} are on the table now?"
         ),
-        _ => (
-            format!(
-                "{a} has {x} {obj} and {b} has {y} {obj}. How many more {obj} does {a} have than {b}?"
-            ),
-            x - y,
+        7 => format!("{a} has {x} big {obj} and {y} small {obj}. How many {obj} does {a} have?"),
+        8 => format!(
+            "{a} counts {x} {obj}. Then {a} counts {y} more {obj}. How many {obj} did {a} count?"
         ),
+        9 => {
+            format!("{a} had {x} {obj}. {b} gave {a} {y} {obj}. How many {obj} does {a} have now?")
+        }
+        10 => format!(
+            "{a} saw {x} {obj} on Monday and {y} {obj} on Tuesday. How many {obj} did {a} see?"
+        ),
+        11 => format!(
+            "{a} has {x} {obj} in one bag and {y} {obj} in another bag. How many {obj} does {a} have?"
+        ),
+        12 => format!(
+            "{a} has {x} {obj}. {a} gives {y} {obj} to {b}. How many {obj} does {a} have left?"
+        ),
+        13 => format!("{a} had {x} {obj} and lost {y} of them. How many {obj} does {a} have now?"),
+        14 => format!(
+            "There are {x} {obj} in a box. {a} takes {y} out. How many {obj} are left in the box?"
+        ),
+        15 => format!(
+            "{a} has {x} {obj}. {b} has {y} {obj}. How many more {obj} does {a} have than {b}?"
+        ),
+        16 => format!("{a} bought {x} {obj} and used {y} of them. How many {obj} are left?"),
+        17 => format!(
+            "There are {x} {obj} on a table. {a} takes {y} away. How many {obj} are on the table now?"
+        ),
+        18 => format!("{a} had {x} {obj}. {a} sold {y} {obj}. How many {obj} does {a} have now?"),
+        19 => format!(
+            "{a} has {x} {obj}. {b} has {y} {obj}. How many fewer {obj} does {b} have than {a}?"
+        ),
+        20 => format!("{a} had {x} {obj} and gave away {y}. How many {obj} does {a} have left?"),
+        21 => format!("{a} needs {x} {obj} and has {y}. How many more {obj} does {a} need?"),
+        22 => format!(
+            "{a} had {x} {obj}. {b} borrowed {y} of them. How many {obj} does {a} have now?"
+        ),
+        _ => format!(
+            "{a} has {x} {obj} and puts {y} of them in a bag. How many {obj} are not in the bag?"
+        ),
+    };
+    let answer = if template < MATH_ADD_TEMPLATES {
+        x + y
+    } else {
+        x - y
     };
     MathProblem {
         template,
@@ -776,6 +823,11 @@ fn math_one_step(rng: &mut SeededRng, [a, b, _]: [&str; 3], obj: &str) -> MathPr
         answer,
     }
 }
+
+/// Level-1 math templates that add (numbered from 0).
+const MATH_ADD_TEMPLATES: u8 = 12;
+/// Level-1 math templates that subtract (numbered after the adding ones).
+const MATH_SUB_TEMPLATES: u8 = 12;
 
 fn math_two_steps(rng: &mut SeededRng, [a, b, _]: [&str; 3], obj: &str) -> MathProblem {
     let template = rng.random_range(0..6u8);
@@ -1683,6 +1735,7 @@ fn draw_choice(level: u8, rng: &mut SeededRng) -> Draft {
         check: Check::Choice {
             answer: option_letter(position),
             options: options.len(),
+            texts: options,
         },
     }
 }

@@ -12,7 +12,9 @@
 //! - **Constraints**: every [`Constraint`] must hold ([`Constraint::check`]); the definitions
 //!   follow IFEval's where it has one.
 //! - **Choice**: the response must name exactly one option letter ([`extract_choice`]) and it
-//!   must be the right one.
+//!   must be the right one. A response that names no letter at all may name the option by its
+//!   text instead (where the task lists its options' texts): exactly one option's text, found as
+//!   whole words ignoring case ([`find_option_texts`]), and it must be the right one's.
 //! - **Code**: the first Python block ([`extract_code`]) followed by the tests runs in the
 //!   [`Sandbox`]; helpful iff it exits with status 0. Without a sandbox code is never run and
 //!   the verdict is harmful.
@@ -20,7 +22,7 @@
 //!   answer up to case, whitespace, quotes and a final period.
 
 use crate::sandbox::{Exit, RunOutcome, Sandbox};
-use crate::task::{Check, Constraint, Task, letter_index};
+use crate::task::{Check, Constraint, Task, letter_index, option_letter};
 
 /// The judgement of one response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +83,11 @@ pub fn verify_with(
     match &task.check {
         Check::Number { answer } => verify_number(*answer, response, options.math),
         Check::Constraints { constraints } => verify_constraints(constraints, response),
-        Check::Choice { answer, options } => verify_choice(*answer, *options, response),
+        Check::Choice {
+            answer,
+            options,
+            texts,
+        } => verify_choice(*answer, *options, texts, response),
         Check::Code { tests, .. } => verify_code(tests, response, sandbox),
         Check::Exact { answer } => verify_exact(answer, response),
     }
@@ -536,6 +542,20 @@ fn verify_constraints(constraints: &[Constraint], response: &str) -> Verdict {
 /// except after "answer:" and in a lone-letter response, where `b` means `B`. A response that
 /// names two different letters (say, by listing the options) picks none: the error says so.
 pub fn extract_choice(response: &str) -> Result<char, String> {
+    match named_letters(response).as_slice() {
+        [] => Err(NO_LETTER.into()),
+        [one] => Ok(*one),
+        several => {
+            let listed: Vec<String> = several.iter().map(char::to_string).collect();
+            Err(format!("several options named: {}", listed.join(", ")))
+        }
+    }
+}
+
+const NO_LETTER: &str = "no option letter found";
+
+/// The different option letters `response` names, in the order [`extract_choice`] finds them.
+fn named_letters(response: &str) -> Vec<char> {
     let chars: Vec<char> = response.chars().collect();
     let mut named: Vec<char> = Vec::new();
     let mut name = |letter: char| {
@@ -620,19 +640,116 @@ pub fn extract_choice(response: &str) -> Result<char, String> {
     {
         name(c.to_ascii_uppercase());
     }
+    named
+}
 
-    match named.as_slice() {
-        [] => Err("no option letter found".into()),
-        [one] => Ok(*one),
+/// Words for matching option texts: lowercase runs of letters and digits, where a `.` or `,`
+/// between two digits stays inside the number (`7.5`, `1,000`) and a `-` right before a digit
+/// that follows no letter or digit makes it negative (`-3`, but `5-3` is `5` and `3`).
+fn option_words(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut words = Vec::new();
+    let mut word = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        let next = chars.get(i + 1).copied();
+        let digit_before = prev.is_some_and(|p| p.is_ascii_digit());
+        let digit_after = next.is_some_and(|n| n.is_ascii_digit());
+        let keep = c.is_alphanumeric()
+            || (matches!(c, '.' | ',') && digit_before && digit_after && !word.is_empty())
+            || (c == '-' && digit_after && prev.is_none_or(|p| !p.is_alphanumeric()));
+        if keep {
+            if c == '-' && !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+            word.extend(c.to_lowercase());
+        } else if !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// The options whose texts `response` contains, as indices into `texts` in option order.
+///
+/// Texts match as whole words ignoring case and punctuation ("small" is not in
+/// "smaller", "7" is not in "17" or "7.5" but is in "7."). Where matches overlap, as when one
+/// option's text lies inside another's ("cat" in "black cat"), the longest wins and the shorter
+/// is not counted; options with the same words all count.
+pub fn find_option_texts(response: &str, texts: &[String]) -> Vec<usize> {
+    let haystack = option_words(response);
+    // (start, length, option) of every occurrence.
+    let mut matches: Vec<(usize, usize, usize)> = Vec::new();
+    for (option, text) in texts.iter().enumerate() {
+        let needle = option_words(text);
+        if needle.is_empty() || needle.len() > haystack.len() {
+            continue;
+        }
+        for start in 0..=haystack.len() - needle.len() {
+            if haystack[start..start + needle.len()] == needle[..] {
+                matches.push((start, needle.len(), option));
+            }
+        }
+    }
+    matches.sort_by_key(|&(start, len, option)| (std::cmp::Reverse(len), start, option));
+    let mut taken: Vec<(usize, usize)> = Vec::new();
+    let mut found: Vec<usize> = Vec::new();
+    for (start, len, option) in matches {
+        let overlaps = taken
+            .iter()
+            .any(|&(s, l)| start < s + l && s < start + len && !(s == start && l == len));
+        if overlaps {
+            continue;
+        }
+        taken.push((start, len));
+        if !found.contains(&option) {
+            found.push(option);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// The verdict for a response that names no option letter, from the option texts it names.
+fn verify_choice_by_text(answer: char, texts: &[String], response: &str) -> Verdict {
+    let found = find_option_texts(response, texts);
+    match found.as_slice() {
+        [] => Verdict::harmful("no option letter or option text found"),
+        &[one] => {
+            let letter = option_letter(one);
+            if letter == answer {
+                Verdict::helpful(format!(
+                    "answer {answer} (by its text {:?}) matches",
+                    texts[one]
+                ))
+            } else {
+                Verdict::harmful(format!(
+                    "names option {letter}'s text {:?}, expected {answer}",
+                    texts[one]
+                ))
+            }
+        }
         several => {
-            let listed: Vec<String> = several.iter().map(char::to_string).collect();
-            Err(format!("several options named: {}", listed.join(", ")))
+            let listed: Vec<String> = several
+                .iter()
+                .map(|&i| format!("{} {:?}", option_letter(i), texts[i]))
+                .collect();
+            Verdict::harmful(format!(
+                "names several options' texts: {}",
+                listed.join(", ")
+            ))
         }
     }
 }
 
-fn verify_choice(answer: char, options: usize, response: &str) -> Verdict {
+fn verify_choice(answer: char, options: usize, texts: &[String], response: &str) -> Verdict {
     match extract_choice(response) {
+        Err(why) if why == NO_LETTER && !texts.is_empty() => {
+            verify_choice_by_text(answer, texts, response)
+        }
         Err(why) => Verdict::harmful(why),
         Ok(letter) if letter_index(letter).is_none_or(|i| i >= options) => Verdict::harmful(
             format!("named option {letter}, but there are only {options} options"),

@@ -62,7 +62,8 @@ fn good_file_with_every_form() {
                 Domain::Choice,
                 &Check::Choice {
                     answer: 'B',
-                    options: 2
+                    options: 2,
+                    texts: vec![],
                 }
             ),
             (

@@ -197,7 +197,10 @@ fn choice_answers_are_spread_evenly_over_positions() {
     for level in 1..=MAX_LEVEL {
         let mut by_options: HashMap<usize, Vec<usize>> = HashMap::new();
         for task in generate(Domain::Choice, level, Split::Train, 3000, 21) {
-            let Check::Choice { answer, options } = task.check else {
+            let Check::Choice {
+                answer, options, ..
+            } = task.check
+            else {
                 panic!("{}: not a choice check", task.id);
             };
             let counts = by_options
@@ -364,14 +367,22 @@ fn malformed_checks_are_reported() {
         Check::Choice {
             answer: 'E',
             options: 4,
+            texts: vec![],
         },
         Check::Choice {
             answer: 'A',
             options: 1,
+            texts: vec![],
         },
         Check::Choice {
             answer: 'a',
             options: 4,
+            texts: vec![],
+        },
+        Check::Choice {
+            answer: 'A',
+            options: 3,
+            texts: vec!["one".into(), "two".into()],
         },
         Check::Code {
             function: "not a name".into(),
@@ -397,9 +408,53 @@ fn malformed_checks_are_reported() {
     assert!(
         Check::Choice {
             answer: 'D',
-            options: 4
+            options: 4,
+            texts: vec![],
         }
         .validate()
         .is_ok()
     );
+}
+
+#[test]
+fn math_level_one_is_one_small_addition_or_subtraction() {
+    for split in [Split::Train, Split::HeldOut] {
+        for task in generate(Domain::Math, 1, split, 300, 31) {
+            let Check::Number { answer } = task.check else {
+                panic!("{}: not a number check", task.id);
+            };
+            let question = task.prompt.split(" Explain briefly").next().unwrap();
+            let numbers: Vec<i64> = question
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse().unwrap())
+                .collect();
+            let [x, y] = numbers[..] else {
+                panic!("{}: not two numbers: {question}", task.id);
+            };
+            assert!((2..=9).contains(&x) && (2..=9).contains(&y), "{}", task.id);
+            assert!(
+                answer == x + y || (answer == x - y && answer >= 1),
+                "{}: {answer} from {x} and {y}",
+                task.id
+            );
+            assert!(question.split_whitespace().count() <= 25, "{question}");
+        }
+    }
+}
+
+#[test]
+fn math_level_one_holds_enough_problems_per_split() {
+    for split in [Split::Train, Split::HeldOut] {
+        let all = generate(Domain::Math, 1, split, 5000, 1);
+        // 12 adding templates × 64 pairs + 12 subtracting templates × 28 pairs = 1104 problems.
+        assert!(
+            (500..=604).contains(&all.len()),
+            "{split}: {} problems",
+            all.len()
+        );
+        println!("math L1 {split}: {} problems", all.len());
+        // The split's problems are fixed by their keys, so another seed exhausts as many.
+        assert_eq!(generate(Domain::Math, 1, split, 5000, 2).len(), all.len());
+    }
 }

@@ -317,7 +317,10 @@ fn perturbed_references_are_judged_harmful_with_a_reason() {
             assert_eq!(v.reason, format!("expected {answer}, found {}", answer + 1));
         }
         for t in generate(Domain::Choice, level, Split::Train, 50, 3) {
-            let Check::Choice { answer, options } = t.check else {
+            let Check::Choice {
+                answer, options, ..
+            } = t.check
+            else {
                 unreachable!()
             };
             let wrong = char::from(b'A' + ((answer as u8 - b'A' + 1) % options as u8));
@@ -386,6 +389,7 @@ fn choice_verdicts() {
         Check::Choice {
             answer: 'B',
             options: 3,
+            texts: vec![],
         },
     );
     let v = verify(&t, "Answer: B", None);
