@@ -81,7 +81,8 @@ pub struct WeaveConfig {
     pub methods: Vec<String>,
     /// Rank of every skillpack layer.
     pub rank: usize,
-    /// Shared-component merge (`ties`, `task_arithmetic`, …), or none.
+    /// Shared-component merge (`ties`, `task_arithmetic`, …), or none; ignored with one
+    /// skill, where the whole delta would count as shared.
     pub merge: Option<String>,
     /// Calibration prompts per skill (from its training tasks).
     pub calibration_prompts: usize,
@@ -660,7 +661,9 @@ pub fn weave(
                 .ok_or_else(|| Error::InvalidInput(format!("method {method}")))?;
             layer.seed = cfg.seed;
             let mut opts = ModelCompressOptions::new(layer, RankPolicy::Fixed(cfg.rank));
-            if let Some(m) = &cfg.merge {
+            // With one skill every delta would be "shared": the backbone would absorb the
+            // whole fine-tune and the skillpack would measure nothing.
+            if let Some(m) = cfg.merge.as_ref().filter(|_| cfg.skills.len() > 1) {
                 let k = cfg.skills.len();
                 let models = (0..k).map(|_| ModelParams::new(1.0 / k as f64)).collect();
                 opts.merge = Some(MergeConfig::new(merge_method(m)?, models));
