@@ -134,14 +134,6 @@ fn bits(method: &str) -> CliResult<BitConfig> {
         .ok_or_else(|| format!("--method {method}: expected X8A8B8, X8A4B4, X4A4B8 or X4A4B4"))
 }
 
-/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Runs the command.
 pub fn run(a: Args, quiet: bool) -> CliResult<()> {
     let start = Instant::now();
@@ -275,7 +267,7 @@ fn print_summary(report: &CompressReport, seconds: f64) {
     }
     println!(
         "time {seconds:.1} s, peak RSS {}",
-        peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        skillzip_harness::weave::peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     );
 }
 
