@@ -361,3 +361,39 @@ fn compress_refuses_mismatched_architectures() {
     assert!(err.contains("intermediate_size"), "{err}");
     assert!(!f.root.join("bundle/manifest.json").exists());
 }
+
+#[test]
+fn weave_refuses_bad_methods_and_a_run_made_with_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = out.display().to_string();
+    let missing = dir.path().join("none.gguf").display().to_string();
+    let err = |extra: &[&str]| {
+        let mut args = vec!["weave", "--quick", "--base", &missing, "--out", &run];
+        args.extend(extra);
+        let o = skillzip(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    };
+    for (methods, named) in [
+        ("X8A8B8,svd9", "svd9"),
+        ("X8A8B8-nomerge-nomerge", "nomerge"),
+    ] {
+        let e = err(&["--methods", methods]);
+        assert!(e.contains(named), "{e}");
+    }
+    assert!(!out.exists(), "a refused configuration wrote nothing");
+
+    // A run directory made with 3 rounds is not continued with 1.
+    std::fs::create_dir_all(&out).unwrap();
+    let mut cfg = skillzip_harness::weave::WeaveConfig::quick();
+    cfg.rounds = 3;
+    std::fs::write(out.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let e = err(&[]);
+    assert!(e.contains("other settings (rounds)"), "{e}");
+    // The same settings get as far as opening the (missing) base model.
+    let e = err(&["--rounds", "3"]);
+    assert!(e.contains("none.gguf"), "{e}");
+}

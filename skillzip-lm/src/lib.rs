@@ -11,9 +11,12 @@
 //! - [`tokenizer::Tokenizer`]: byte-level BPE from GGUF metadata or `tokenizer.json`, and
 //!   [`tokenizer::ChatTemplate`].
 //! - [`generate`]: greedy and sampled generation.
+//! - [`baseline`]: the comparison baselines (BitDelta, fp16 SVD, ASVD, Delta-CoMe) applied to
+//!   every linear layer of a fine-tune.
 //! - [`error`]: the crate's typed [`Error`].
 #![deny(missing_docs)]
 
+pub mod baseline;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod compress;

@@ -7,10 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
-use common::{Values, logits_all, logits_with, param_values, tokens};
+use common::fixture::{Fixture, NORM, fixture, linears, paper, save_values};
+use common::{logits_all, logits_with, param_values, tokens};
 use faer::Mat;
 use half::f16;
 use rand_distr::{Distribution, Normal};
@@ -25,151 +26,23 @@ use skillzip_format::digest::backbone_hash;
 use skillzip_format::skillpack::{BaseModel, LayerEntry, Skillpack, SkillpackMeta};
 use skillzip_lm::Error;
 use skillzip_lm::calibrate::{
-    CalibrationFile, CalibrationOptions, CalibrationSource, InputSite, SkillCalibration, Split,
-    calibrate,
+    CalibrationFile, CalibrationSource, InputSite, SkillCalibration, Split,
 };
-use skillzip_lm::checkpoint::{Checkpoint, LinearKind, TensorRole, tensor_specs};
+use skillzip_lm::checkpoint::{LinearKind, TensorRole, tensor_specs};
 use skillzip_lm::compress::{
     BACKBONE_DELTA_FILE, CompressReport, DensePolicy, ModelCompressOptions, RankPolicy,
     SkillSource, compress_model, skillpack_file,
 };
 use skillzip_lm::config::LlamaConfig;
 use skillzip_lm::model::{LinearHook, Llama};
-use skillzip_lm::save::{SaveOptions, save_checkpoint};
 use skillzip_lm::skillpack::{SkillpackHook, bundle_model};
 
-const NORM: &str = "model.norm.weight";
-
-/// A base model, fine-tunes of it and each fine-tune's calibration (from the base).
-struct Fixture {
-    dir: tempfile::TempDir,
-    config: LlamaConfig,
-    base: Checkpoint,
-    base_values: Values,
-    names: Vec<String>,
-    tuned: Vec<Checkpoint>,
-    tuned_values: Vec<Values>,
-    cals: Vec<SkillCalibration>,
-}
-
-/// `scale · U·V / √rank` (`out × in`, row-major) plus `noise`-sized Gaussian noise.
-fn low_rank(out: usize, inp: usize, rank: usize, scale: f32, noise: f32, seed: u64) -> Vec<f32> {
-    let mut rng = skillzip_core::seeded_rng(seed);
-    let n = Normal::new(0.0f32, 1.0).unwrap();
-    let u: Vec<f32> = (0..out * rank).map(|_| n.sample(&mut rng)).collect();
-    let v: Vec<f32> = (0..rank * inp).map(|_| n.sample(&mut rng)).collect();
-    let s = scale / (rank as f32).sqrt();
-    (0..out * inp)
-        .map(|idx| {
-            let (o, i) = (idx / inp, idx % inp);
-            let lr: f32 = (0..rank).map(|j| u[o * rank + j] * v[j * inp + i]).sum();
-            s * lr + noise * n.sample(&mut rng)
-        })
-        .collect()
-}
-
-fn save_values(dir: &Path, config: &LlamaConfig, values: &Values) -> Checkpoint {
-    save_checkpoint(dir, config, SaveOptions::default(), &[], |name, _| {
-        Ok(values[name].1.clone())
-    })
-    .unwrap();
-    Checkpoint::open(dir).unwrap()
-}
-
-/// `skills` fine-tunes: every linear moves by a rank-2 component all skills share plus a
-/// rank-2 component of its own plus noise; skill 0 also changes the final norm when
-/// `norm_changed`.
-fn fixture(skills: usize, norm_changed: bool) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let config = LlamaConfig::tiny();
-    let model = Llama::random(config.clone(), 11, 5.0).unwrap();
-    let base_values = param_values(&model);
-    let base = save_values(&dir.path().join("base"), &config, &base_values);
-    let names: Vec<String> = ["arith", "caps", "chat"][..skills]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut tuned = Vec::new();
-    let mut tuned_values = Vec::new();
-    let mut cals = Vec::new();
-    for (k, name) in names.iter().enumerate() {
-        let mut values = base_values.clone();
-        for (t, (tensor, shape, role)) in tensor_specs(&config).into_iter().enumerate() {
-            if let TensorRole::Linear(..) = role {
-                let (out, inp) = (shape[0], shape[1]);
-                let shared = low_rank(out, inp, 2, 0.04, 0.0, 1000 + t as u64);
-                let own = low_rank(out, inp, 2, 0.04, 0.003, 77 * k as u64 + t as u64);
-                for ((w, a), b) in values
-                    .get_mut(&tensor)
-                    .unwrap()
-                    .1
-                    .iter_mut()
-                    .zip(shared)
-                    .zip(own)
-                {
-                    *w += a + b;
-                }
-            }
-        }
-        if norm_changed && k == 0 {
-            for (i, w) in values.get_mut(NORM).unwrap().1.iter_mut().enumerate() {
-                *w += (i % 7) as f32 * 0.01 - 0.02;
-            }
-        }
-        tuned.push(save_values(&dir.path().join(name), &config, &values));
-        tuned_values.push(values);
-        let prompts: Vec<Vec<u32>> = (0..7)
-            .map(|i| tokens(6 + i % 4, config.vocab_size, (10 * k + i) as u32))
-            .collect();
-        let opts = CalibrationOptions {
-            calibration_rows: 24,
-            selection_rows: 12,
-            heldout_rows: 12,
-            seed: k as u64,
-        };
-        cals.push(calibrate(&base, name, &prompts, opts, &mut |_, _| {}).unwrap());
-    }
-    Fixture {
-        dir,
-        config,
-        base,
-        base_values,
-        names,
-        tuned,
-        tuned_values,
-        cals,
-    }
-}
-
 impl Fixture {
-    fn sources(&self) -> Vec<SkillSource<'_>> {
-        (0..self.names.len())
-            .map(|k| SkillSource {
-                name: &self.names[k],
-                checkpoint: &self.tuned[k],
-                calibration: &self.cals[k] as &dyn CalibrationSource,
-            })
-            .collect()
-    }
-
-    fn out(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
+    /// Compresses every skill of the fixture into bundle `out`.
     fn run(&self, opts: &ModelCompressOptions, out: &str) -> (CompressReport, Bundle) {
         let out = self.out(out);
         let report = compress_model(&self.base, &self.sources(), opts, &out, &mut |_| {}).unwrap();
         (report, Bundle::open(&out).unwrap())
-    }
-
-    /// `θ_k − θ_0` of a tensor, row-major `[out, in]`.
-    fn delta(&self, k: usize, name: &str) -> Vec<f32> {
-        self.tuned_values[k][name]
-            .1
-            .iter()
-            .zip(&self.base_values[name].1)
-            .map(|(t, b)| t - b)
-            .collect()
     }
 }
 
@@ -183,17 +56,6 @@ fn layer_cfg() -> CompressConfig {
 
 fn options(policy: RankPolicy) -> ModelCompressOptions {
     ModelCompressOptions::new(layer_cfg(), policy)
-}
-
-/// `[out, in]` row-major → `C_i × C_o`.
-fn paper(flat: &[f32], out: usize, inp: usize) -> Mat<f32> {
-    Mat::from_fn(inp, out, |i, o| flat[o * inp + i])
-}
-
-fn linears(config: &LlamaConfig) -> Vec<(usize, LinearKind)> {
-    (0..config.num_hidden_layers)
-        .flat_map(|l| LinearKind::ALL.map(|k| (l, k)))
-        .collect()
 }
 
 /// The backbone hash of `θ_0 + shared` (F32 bytes), `shared` by tensor name (absent: zero).

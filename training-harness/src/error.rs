@@ -33,6 +33,18 @@ pub enum Error {
     /// Settings or inputs that cannot work (empty batches, zero steps, …).
     #[error("{0}")]
     InvalidInput(String),
+    /// A run directory holds a run made with other settings.
+    #[error(
+        "{}: holds a run made with other settings ({}); continue it with the same settings or use a fresh directory",
+        dir.display(),
+        fields.join(", ")
+    )]
+    RunMismatch {
+        /// The run directory.
+        dir: PathBuf,
+        /// The settings that differ.
+        fields: Vec<String>,
+    },
 }
 
 impl Error {

@@ -43,6 +43,20 @@ impl Accuracy {
         let half = z / denom * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
         ((center - half).max(0.0), (center + half).min(1.0))
     }
+
+    /// The 95 % interval of the difference `self.rate() − other.rate()` between two
+    /// independent samples: Newcombe's hybrid score interval (method 10 of Newcombe 1998),
+    /// built from the two Wilson intervals. A gain is beyond noise when its lower end is
+    /// above 0.
+    pub fn difference95(&self, other: &Accuracy) -> (f64, f64) {
+        let (p1, p2) = (self.rate(), other.rate());
+        let ((l1, u1), (l2, u2)) = (self.wilson95(), other.wilson95());
+        let d = p1 - p2;
+        (
+            d - ((p1 - l1).powi(2) + (u2 - p2).powi(2)).sqrt(),
+            d + ((u1 - p1).powi(2) + (p2 - l2).powi(2)).sqrt(),
+        )
+    }
 }
 
 impl std::fmt::Display for Accuracy {

@@ -12,7 +12,9 @@
 //! - [`eval`]: greedy held-out evaluation and accuracy with a Wilson interval.
 //! - [`weave`]: the pipeline: per skill self-generate → verify → train → delta; calibrate;
 //!   compress into bundles; evaluate every configuration; the results table.
-//! - [`fuzzing`]: the checks of the `trainer_checkpoint` fuzz target.
+//! - [`router`]: the learned [`Router`]: multinomial logistic regression on the base model's
+//!   mean last hidden state of a prompt ([`router::prompt_features`]), saved as JSON.
+//! - [`fuzzing`]: the checks of the `trainer_checkpoint` and `router_json` fuzz targets.
 //! - [`Error`]: every failure.
 #![deny(missing_docs)]
 
@@ -21,6 +23,7 @@ pub mod error;
 pub mod eval;
 pub mod fuzzing;
 pub mod optim;
+pub mod router;
 pub mod selfgen;
 pub mod train;
 pub mod weave;
@@ -29,5 +32,6 @@ pub use dpo::{LnDpo, PreferencePair};
 pub use error::{Error, Result};
 pub use eval::{Accuracy, evaluate};
 pub use optim::{AdamW, AdamWConfig, Schedule};
+pub use router::{Router, RouterConfig};
 pub use selfgen::{Generated, Sample, SelfGenConfig, answer_tasks, preference_pairs};
 pub use train::{DpoTrainer, StepReport, TrainConfig};

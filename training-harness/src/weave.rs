@@ -12,13 +12,21 @@
 //!   <skill>/train/              trainer checkpoints (resumable), rounds' samples (JSONL)
 //!   <skill>/model/              the fine-tuned checkpoint (f32 safetensors)
 //!   <skill>.calib               calibration statistics
-//!   bundle-<method>/            manifest, backbone delta, skillpacks
+//!   bundle-<method>/            manifest, backbone delta, skillpacks (and the router)
+//!   baseline-<name>/<skill>.json  a baseline's storage and per-layer errors
+//!   router.json, router-report.json  the learned router and its held-out accuracy
 //!   eval/<config>/<skill>.json  accuracy and every answer with its verdict
-//!   results.md, results.json    the table
+//!   results.md, results.json    the tables
 //! ```
 //!
+//! The configurations are `base`, `target` (the fine-tune itself), every [`Method`] (SkillZip
+//! at some grids, its ablations, the baselines) and, with several skills, the first SkillZip
+//! method behind the learned router (`<method>+router`) instead of the oracle choice.
+//!
 //! Every stage's output is written atomically and reused when present, and training resumes
-//! from its last checkpoint, so a killed run continues where it stopped.
+//! from its last checkpoint, so a killed run continues where it stopped. A run directory
+//! remembers its settings: continuing it with different ones is refused
+//! ([`Error::RunMismatch`]), since its artifacts would silently belong to other settings.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,19 +35,21 @@ use rand::seq::SliceRandom;
 use skillzip_core::compress::{BitConfig, CompressConfig};
 use skillzip_core::merge::{MergeConfig, MergeMethod, ModelParams};
 use skillzip_format::bundle::Bundle;
+use skillzip_lm::baseline::{Baseline, BaselineReport, approximate_skill};
 use skillzip_lm::calibrate::{CalibrationFile, CalibrationOptions, calibrate};
-use skillzip_lm::checkpoint::Checkpoint;
+use skillzip_lm::checkpoint::{Checkpoint, TensorRole, tensor_specs};
 use skillzip_lm::compress::{ModelCompressOptions, RankPolicy, SkillSource, compress_model};
 use skillzip_lm::generate::Sampling;
 use skillzip_lm::model::{LinearHook, Llama, NoHook};
 use skillzip_lm::save::{SaveOptions, save_checkpoint};
-use skillzip_lm::skillpack::{bundle_model, load_params};
+use skillzip_lm::skillpack::{bundle_model, load_params, model_from_params};
 use skillzip_lm::tokenizer::{Message, Tokenizer};
 use skillzip_tasks::task::generate;
 use skillzip_tasks::{Domain, Sandbox, SandboxLimits, Split, Task};
 
 use crate::error::{Error, Result};
 use crate::eval::{Accuracy, accuracy_of};
+use crate::router::{Router, RouterConfig, prompt_features, routing_accuracy};
 use crate::selfgen::{Generated, SelfGenConfig, answer_tasks, preference_pairs};
 use crate::train::{DpoTrainer, StepReport, TrainConfig};
 
@@ -77,7 +87,9 @@ pub struct WeaveConfig {
     pub train: TrainConfig,
     /// Prompts per batch in evaluation.
     pub eval_batch: usize,
-    /// SkillZip methods to compress with (`X8A8B8`, `X4A4B4`, …).
+    /// Methods to store the deltas with ([`Method::parse`]): SkillZip grids (`X8A8B8`,
+    /// `X4A4B4`, …), ablations (`X8A8B8-nomerge`, `-nosmooth`, `-norotate`) and baselines
+    /// (`bitdelta`, `svd16`, `asvd`, `deltacome`).
     pub methods: Vec<String>,
     /// Rank of every skillpack layer.
     pub rank: usize,
@@ -88,6 +100,71 @@ pub struct WeaveConfig {
     pub calibration_prompts: usize,
     /// Seed of every random choice of the run.
     pub seed: u64,
+    /// Train the learned router and evaluate routed skillpacks (needs two skills or more).
+    #[serde(default = "yes")]
+    pub router: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One way of storing the skills' deltas that a run evaluates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// SkillZip at these grids, with the paper's ablation switches (all on: the method).
+    SkillZip {
+        /// Activation and factor grids.
+        bits: BitConfig,
+        /// Shared component merged into the backbone (with several skills).
+        merge: bool,
+        /// Channel-wise smoothing.
+        smooth: bool,
+        /// Rotation before quantization.
+        rotate: bool,
+    },
+    /// A baseline applied to each skill's whole delta, at the run's rank where it has one.
+    Baseline(Baseline),
+}
+
+impl Method {
+    /// Parses a method label: a grid (`X8A8B8`, `X8A4B4`, `X4A4B8`, `X4A4B4`) followed by any
+    /// of `-nomerge`, `-nosmooth`, `-norotate`; or a baseline (`bitdelta`, `svd16`, `asvd`,
+    /// `deltacome`).
+    pub fn parse(label: &str, rank: usize) -> Result<Self> {
+        if let Some(b) = Baseline::from_label(label, rank) {
+            return Ok(Self::Baseline(b));
+        }
+        let mut parts = label.split('-');
+        let bits = parts.next().and_then(BitConfig::from_label);
+        let (mut merge, mut smooth, mut rotate) = (true, true, true);
+        let mut ok = bits.is_some();
+        for part in parts {
+            match part.to_ascii_lowercase().as_str() {
+                "nomerge" if merge => merge = false,
+                "nosmooth" if smooth => smooth = false,
+                "norotate" if rotate => rotate = false,
+                _ => ok = false,
+            }
+        }
+        match bits {
+            Some(bits) if ok => Ok(Self::SkillZip {
+                bits,
+                merge,
+                smooth,
+                rotate,
+            }),
+            _ => Err(Error::InvalidInput(format!(
+                "method {label:?}: expected a grid (X8A8B8, X8A4B4, X4A4B8, X4A4B4) with \
+                 optional -nomerge, -nosmooth, -norotate, or a baseline ({})",
+                Baseline::LABELS.join(", ")
+            ))),
+        }
+    }
+
+    fn is_skillzip(&self) -> bool {
+        matches!(self, Self::SkillZip { .. })
+    }
 }
 
 fn skill(name: &str, domain: Domain, level: u8) -> SkillSpec {
@@ -130,6 +207,7 @@ impl WeaveConfig {
             merge: Some("ties".into()),
             calibration_prompts: 16,
             seed: 0,
+            router: true,
         }
     }
 
@@ -159,11 +237,23 @@ impl WeaveConfig {
             pairs_per_step: 8,
             train,
             eval_batch: 32,
-            methods: vec!["X8A8B8".into(), "X4A4B4".into()],
+            methods: [
+                "X8A8B8",
+                "X4A4B4",
+                "X8A8B8-nomerge",
+                "X8A8B8-nosmooth",
+                "X8A8B8-norotate",
+                "bitdelta",
+                "svd16",
+                "deltacome",
+            ]
+            .map(String::from)
+            .to_vec(),
             rank: 32,
             merge: Some("ties".into()),
             calibration_prompts: 64,
             seed: 0,
+            router: true,
         }
     }
 
@@ -192,12 +282,15 @@ impl WeaveConfig {
         if self.train_prompts < self.rounds || self.heldout_prompts == 0 {
             return bad("each round needs training prompts, and evaluation held-out ones".into());
         }
+        let mut seen = std::collections::BTreeSet::new();
         for m in &self.methods {
-            if BitConfig::from_label(m).is_none() {
-                return bad(format!(
-                    "method {m}: expected X8A8B8, X8A4B4, X4A4B8 or X4A4B4"
-                ));
+            Method::parse(m, self.rank)?;
+            if !seen.insert(m) {
+                return bad(format!("method {m} is listed twice"));
             }
+        }
+        if self.rank == 0 {
+            return bad("the rank must be positive".into());
         }
         if let Some(m) = &self.merge {
             merge_method(m)?;
@@ -248,11 +341,50 @@ pub struct Cell {
     pub accuracy: Accuracy,
 }
 
+/// What one configuration stores for one skill.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Storage {
+    /// A method's label.
+    pub config: String,
+    /// The skill.
+    pub skill: String,
+    /// Bytes of the skill's own part (its skillpack file, or the baseline's factors, codes,
+    /// scales and dense deltas); a backbone delta shared by all skills is not included.
+    pub bytes: u64,
+}
+
+/// The learned router's held-out accuracy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RouterSummary {
+    /// Training prompts (all skills).
+    pub train_prompts: usize,
+    /// Held-out prompts routed to their own skill, per skill in run order.
+    pub per_skill: Vec<Accuracy>,
+    /// All held-out prompts.
+    pub overall: Accuracy,
+    /// `confusion[true][routed]` counts.
+    pub confusion: Vec<Vec<usize>>,
+    /// The skill each held-out task was routed to, per skill in run order.
+    pub routes: Vec<Vec<usize>>,
+}
+
 /// The run's results.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WeaveReport {
     /// Every evaluated (configuration, skill).
     pub cells: Vec<Cell>,
+    /// Storage per method and skill.
+    #[serde(default)]
+    pub storage: Vec<Storage>,
+    /// Bytes of the backbone delta of each SkillZip bundle that has one (config, bytes).
+    #[serde(default)]
+    pub backbone_delta: Vec<(String, u64)>,
+    /// Parameters of the linear layers (what a skill's delta covers).
+    #[serde(default)]
+    pub linear_params: u64,
+    /// The learned router, when the run has one.
+    #[serde(default)]
+    pub router: Option<RouterSummary>,
     /// Wall seconds per stage, in order.
     pub seconds: Vec<(String, f64)>,
     /// Peak resident memory of the process (MiB), where the OS reports it.
@@ -352,41 +484,32 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Held-out accuracy of one configuration on one skill, reused when already measured.
-    fn evaluate(
-        &self,
-        config: &str,
-        skill: &str,
-        tasks: &[Task],
-        model: &dyn Fn() -> Result<ModelWithHook>,
-        on: &mut dyn FnMut(Event),
-    ) -> Result<Cell> {
-        let path = self
-            .run
+    fn eval_path(&self, config: &str, skill: &str) -> PathBuf {
+        self.run
             .join("eval")
             .join(config)
-            .join(format!("{skill}.json"));
-        if let Ok(bytes) = std::fs::read(&path)
-            && let Ok(done) = serde_json::from_slice::<EvalRecord>(&bytes)
-        {
-            on(Event::Note(format!(
-                "{config} on {skill}: reused {}",
-                path.display()
-            )));
-            return Ok(Cell {
-                config: config.into(),
-                skill: skill.into(),
-                accuracy: done.accuracy,
-            });
-        }
-        on(Event::Stage(format!("evaluate {config} on {skill}")));
-        let (model, mut hook) = model()?;
+            .join(format!("{skill}.json"))
+    }
+
+    /// An evaluation already on disk.
+    fn measured(&self, config: &str, skill: &str) -> Option<EvalRecord> {
+        let bytes = std::fs::read(self.eval_path(config, skill)).ok()?;
+        serde_json::from_slice::<EvalRecord>(&bytes).ok()
+    }
+
+    /// Greedy answers of a model (and hook) to `tasks`, judged.
+    fn answer(
+        &self,
+        (model, mut hook): ModelWithHook,
+        tasks: &[Task],
+        on: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Generated>> {
         let mut no_hook = NoHook;
         let hook: &mut dyn LinearHook = match hook.as_deref_mut() {
             Some(h) => h,
             None => &mut no_hook,
         };
-        let generated = answer_tasks(
+        answer_tasks(
             &model,
             self.tok,
             tasks,
@@ -396,20 +519,53 @@ impl Context<'_> {
             self.sandbox,
             hook,
             &mut |done, total| on(Event::Progress { done, total }),
-        )?;
-        let accuracy = accuracy_of(&generated);
+        )
+    }
+
+    fn save(&self, config: &str, skill: &str, answers: Vec<AnswerRecord>) -> Result<Cell> {
+        let accuracy = Accuracy {
+            correct: answers.iter().filter(|a| a.helpful).count(),
+            total: answers.len(),
+        };
         write_json(
-            &path,
-            &EvalRecord {
-                accuracy,
-                answers: records(&generated),
-            },
+            &self.eval_path(config, skill),
+            &EvalRecord { accuracy, answers },
         )?;
         Ok(Cell {
             config: config.into(),
             skill: skill.into(),
             accuracy,
         })
+    }
+
+    fn reused(&self, config: &str, skill: &str, on: &mut dyn FnMut(Event)) -> Option<Cell> {
+        let done = self.measured(config, skill)?;
+        on(Event::Note(format!(
+            "{config} on {skill}: reused {}",
+            self.eval_path(config, skill).display()
+        )));
+        Some(Cell {
+            config: config.into(),
+            skill: skill.into(),
+            accuracy: done.accuracy,
+        })
+    }
+
+    /// Held-out accuracy of one configuration on one skill, reused when already measured.
+    fn evaluate(
+        &self,
+        config: &str,
+        skill: &str,
+        tasks: &[Task],
+        model: &dyn Fn() -> Result<ModelWithHook>,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<Cell> {
+        if let Some(cell) = self.reused(config, skill, on) {
+            return Ok(cell);
+        }
+        on(Event::Stage(format!("evaluate {config} on {skill}")));
+        let generated = self.answer(model()?, tasks, on)?;
+        self.save(config, skill, records(&generated))
     }
 }
 
@@ -553,6 +709,299 @@ fn calibration_ids(tok: &Tokenizer, task: &Task) -> Result<Vec<u32>> {
     Ok(tok.encode(&template.render(&messages, with_answer.is_none()))?)
 }
 
+/// Refuses to continue a run directory whose `config.json` holds other settings. Only the
+/// settings that add configurations or change batching (`methods`, `eval_batch`, `router`)
+/// may change between invocations.
+fn check_run_dir(run: &Path, cfg: &WeaveConfig) -> Result<()> {
+    let path = run.join("config.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let old: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(&path, format!("not a weave configuration: {e}")))?;
+    // Both sides through the same text form, so floats compare as written.
+    let new: serde_json::Value = serde_json::to_vec(cfg)
+        .and_then(|b| serde_json::from_slice(&b))
+        .map_err(|e| Error::InvalidInput(format!("configuration: {e}")))?;
+    const FREE: [&str; 3] = ["methods", "eval_batch", "router"];
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return Err(Error::corrupt(&path, "not a weave configuration"));
+    };
+    let fields: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| !FREE.contains(&k.as_str()))
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::RunMismatch {
+            dir: run.to_path_buf(),
+            fields,
+        })
+    }
+}
+
+/// Trains the router on the base model's features of every skill's training prompts (reused
+/// from `router.json`) and routes the held-out prompts (reused from `router-report.json`).
+fn route(
+    ctx: &Context<'_>,
+    base: &Checkpoint,
+    tasks: &[(Vec<Task>, Vec<Task>)],
+    on: &mut dyn FnMut(Event),
+) -> Result<RouterSummary> {
+    let report_path = ctx.run.join("router-report.json");
+    if let Ok(bytes) = std::fs::read(&report_path)
+        && let Ok(summary) = serde_json::from_slice::<RouterSummary>(&bytes)
+    {
+        on(Event::Note(format!(
+            "router: reused {}",
+            report_path.display()
+        )));
+        return Ok(summary);
+    }
+    let model = Llama::from_checkpoint(base)?;
+    // Features and skill labels of every skill's training (or held-out) prompts.
+    let features =
+        |held_out: bool, on: &mut dyn FnMut(Event)| -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
+            let mut prompts = Vec::new();
+            let mut labels = Vec::new();
+            for (k, (train, held)) in tasks.iter().enumerate() {
+                for task in if held_out { held } else { train } {
+                    prompts.push(task.prompt.as_str());
+                    labels.push(k);
+                }
+            }
+            let f = prompt_features(&model, ctx.tok, &prompts, &mut |done, total| {
+                on(Event::Progress { done, total })
+            })?;
+            Ok((f, labels))
+        };
+    let router_path = ctx.run.join("router.json");
+    let (router, train_prompts) = match Router::load(&router_path) {
+        Ok(r) if r.skills().iter().eq(ctx.cfg.skills.iter().map(|s| &s.name)) => {
+            let n = tasks.iter().map(|t| t.0.len()).sum();
+            (r, n)
+        }
+        _ => {
+            on(Event::Stage(
+                "router: features of the training prompts".into(),
+            ));
+            let (x, y) = features(false, on)?;
+            let skills = ctx.cfg.skills.iter().map(|s| s.name.clone()).collect();
+            let router = Router::train(
+                &x,
+                &y,
+                skills,
+                &RouterConfig {
+                    seed: ctx.cfg.seed,
+                    ..RouterConfig::default()
+                },
+            )?;
+            router.save(&router_path)?;
+            (router, x.len())
+        }
+    };
+    on(Event::Stage("router: route the held-out prompts".into()));
+    let (x, y) = features(true, on)?;
+    let (_, confusion) = routing_accuracy(&router, &x, &y)?;
+    let routed: Vec<usize> = x.iter().map(|f| router.route(f)).collect::<Result<_>>()?;
+    let k = ctx.cfg.skills.len();
+    let mut routes = vec![Vec::new(); k];
+    for (label, r) in y.iter().zip(routed) {
+        routes[*label].push(r);
+    }
+    let per_skill: Vec<Accuracy> = (0..k)
+        .map(|s| Accuracy {
+            correct: confusion[s][s],
+            total: confusion[s].iter().sum(),
+        })
+        .collect();
+    let overall = Accuracy {
+        correct: per_skill.iter().map(|a| a.correct).sum(),
+        total: per_skill.iter().map(|a| a.total).sum(),
+    };
+    let summary = RouterSummary {
+        train_prompts,
+        per_skill,
+        overall,
+        confusion,
+        routes,
+    };
+    write_json(&report_path, &summary)?;
+    Ok(summary)
+}
+
+/// Adds the run's router to a bundle (once), so whoever serves the bundle routes as measured.
+fn attach_router(bundle_dir: &Path, router_path: &Path) -> Result<()> {
+    let mut manifest = skillzip_format::bundle::read_manifest(bundle_dir)?;
+    if manifest.router.is_some() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(router_path).map_err(|e| Error::io(router_path, e))?;
+    skillzip_format::write_atomic_bytes(bundle_dir.join(ROUTER_FILE), &bytes)?;
+    manifest.router = Some(skillzip_format::bundle::file_ref(bundle_dir, ROUTER_FILE)?);
+    skillzip_format::bundle::write_manifest(bundle_dir, &manifest)?;
+    Ok(())
+}
+
+/// The router's file name in the run directory and in bundles.
+pub const ROUTER_FILE: &str = "router.json";
+
+/// Compresses every skill with one SkillZip variant into `bundle-<label>/` (reused when its
+/// manifest exists).
+fn compress_bundle(
+    ctx: &Context<'_>,
+    base: &Checkpoint,
+    tuned: &[Checkpoint],
+    calibrations: &[CalibrationFile],
+    label: &str,
+    method: &Method,
+    on: &mut dyn FnMut(Event),
+) -> Result<PathBuf> {
+    let cfg = ctx.cfg;
+    let bundle_dir = ctx.run.join(format!("bundle-{label}"));
+    let Method::SkillZip {
+        bits,
+        merge,
+        smooth,
+        rotate,
+    } = method
+    else {
+        return Err(Error::InvalidInput(format!(
+            "{label} is not a SkillZip method"
+        )));
+    };
+    if bundle_dir.join("manifest.json").exists() {
+        return Ok(bundle_dir);
+    }
+    on(Event::Stage(format!("compress {label}")));
+    let mut layer = CompressConfig::skillzip(cfg.rank);
+    layer.bits = *bits;
+    layer.smooth = *smooth;
+    layer.rotate = *rotate;
+    layer.seed = cfg.seed;
+    let mut opts = ModelCompressOptions::new(layer, RankPolicy::Fixed(cfg.rank));
+    // With one skill every delta would be "shared": the backbone would absorb the whole
+    // fine-tune and the skillpack would measure nothing.
+    if let Some(m) = cfg
+        .merge
+        .as_ref()
+        .filter(|_| *merge && cfg.skills.len() > 1)
+    {
+        let k = cfg.skills.len();
+        let models = (0..k).map(|_| ModelParams::new(1.0 / k as f64)).collect();
+        opts.merge = Some(MergeConfig::new(merge_method(m)?, models));
+    }
+    opts.merge_seed = cfg.seed;
+    let skills: Vec<SkillSource<'_>> = cfg
+        .skills
+        .iter()
+        .zip(tuned)
+        .zip(calibrations)
+        .map(|((s, ckpt), calibration)| SkillSource {
+            name: &s.name,
+            checkpoint: ckpt,
+            calibration,
+        })
+        .collect();
+    compress_model(base, &skills, &opts, &bundle_dir, &mut |ev| {
+        if let skillzip_lm::compress::Event::Tensor { index, total, .. } = ev {
+            on(Event::Progress {
+                done: *index,
+                total: *total,
+            });
+        }
+    })?;
+    Ok(bundle_dir)
+}
+
+/// Held-out accuracy with routed skillpacks: each task runs with the skillpack the router
+/// picked. Tasks routed to their own skill keep the oracle evaluation's answer (greedy
+/// decoding of one task does not depend on its batch), the others are answered again with
+/// the skillpack they were routed to.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_routed(
+    ctx: &Context<'_>,
+    base: &Checkpoint,
+    bundle: &Bundle,
+    oracle: &str,
+    k: usize,
+    held: &[Task],
+    routes: &[usize],
+    on: &mut dyn FnMut(Event),
+) -> Result<Cell> {
+    let skills = &ctx.cfg.skills;
+    let config = format!("{oracle}+router");
+    let name = &skills[k].name;
+    if let Some(cell) = ctx.reused(&config, name, on) {
+        return Ok(cell);
+    }
+    let own = ctx
+        .measured(oracle, name)
+        .ok_or_else(|| Error::InvalidInput(format!("{oracle} on {name} has not been evaluated")))?;
+    if own.answers.len() != held.len() || routes.len() != held.len() {
+        return Err(Error::InvalidInput(format!(
+            "{oracle} on {name}: {} answers and {} routes for {} held-out tasks",
+            own.answers.len(),
+            routes.len(),
+            held.len()
+        )));
+    }
+    let mut answers: Vec<Option<AnswerRecord>> = own
+        .answers
+        .into_iter()
+        .zip(routes)
+        .map(|(a, r)| (*r == k).then_some(a))
+        .collect();
+    for (other, spec) in skills.iter().enumerate().filter(|(o, _)| *o != k) {
+        let idx: Vec<usize> = (0..held.len()).filter(|i| routes[*i] == other).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        on(Event::Stage(format!(
+            "evaluate {config} on {name}: {} tasks routed to {}",
+            idx.len(),
+            spec.name
+        )));
+        let tasks: Vec<Task> = idx.iter().map(|i| held[*i].clone()).collect();
+        let (model, hook) = bundle_model(base, bundle, Some(&spec.name))?;
+        let generated = ctx.answer(
+            (model, hook.map(|h| Box::new(h) as Box<dyn LinearHook>)),
+            &tasks,
+            on,
+        )?;
+        for (i, record) in idx.into_iter().zip(records(&generated)) {
+            answers[i] = Some(record);
+        }
+    }
+    let answers = answers
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::InvalidInput(format!("{config} on {name}: a task has no route")))?;
+    ctx.save(&config, name, answers)
+}
+
+/// Parameters of the model's linear layers.
+fn linear_params(base: &Checkpoint) -> u64 {
+    tensor_specs(base.config())
+        .iter()
+        .filter(|(_, _, role)| matches!(role, TensorRole::Linear(..)))
+        .map(|(_, shape, _)| shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// The bytes a baseline's report (`baseline-<name>/<skill>.json`) records.
+fn baseline_bytes(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let report: BaselineReport = serde_json::from_slice(&bytes).ok()?;
+    Some(report.linear_bytes + report.dense_bytes)
+}
+
 /// Runs the whole pipeline (see the module doc) on the base model at `base_path`.
 pub fn weave(
     base_path: &Path,
@@ -562,6 +1011,7 @@ pub fn weave(
 ) -> Result<WeaveReport> {
     cfg.validate()?;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    check_run_dir(run, cfg)?;
     write_json(&run.join("config.json"), cfg)?;
     let mut report = WeaveReport::default();
     let mut clock = Instant::now();
@@ -573,6 +1023,7 @@ pub fn weave(
     };
     let base = Checkpoint::open(base_path)?;
     let tok = Tokenizer::of_checkpoint(&base)?;
+    report.linear_params = linear_params(&base);
     let needs_sandbox = cfg.skills.iter().any(|s| s.domain == Domain::Code);
     let sandbox = match Sandbox::new(SandboxLimits::default()) {
         Ok(s) => Some(s),
@@ -652,59 +1103,107 @@ pub fn weave(
     }
     lap(&mut report, "calibration");
 
-    for method in &cfg.methods {
-        let bundle_dir = run.join(format!("bundle-{method}"));
-        if !bundle_dir.join("manifest.json").exists() {
-            on(Event::Stage(format!("compress {method}")));
-            let mut layer = CompressConfig::skillzip(cfg.rank);
-            layer.bits = BitConfig::from_label(method)
-                .ok_or_else(|| Error::InvalidInput(format!("method {method}")))?;
-            layer.seed = cfg.seed;
-            let mut opts = ModelCompressOptions::new(layer, RankPolicy::Fixed(cfg.rank));
-            // With one skill every delta would be "shared": the backbone would absorb the
-            // whole fine-tune and the skillpack would measure nothing.
-            if let Some(m) = cfg.merge.as_ref().filter(|_| cfg.skills.len() > 1) {
-                let k = cfg.skills.len();
-                let models = (0..k).map(|_| ModelParams::new(1.0 / k as f64)).collect();
-                opts.merge = Some(MergeConfig::new(merge_method(m)?, models));
-            }
-            opts.merge_seed = cfg.seed;
-            let skills: Vec<SkillSource<'_>> = cfg
-                .skills
-                .iter()
-                .zip(&tuned)
-                .zip(&calibrations)
-                .map(|((s, ckpt), calibration)| SkillSource {
-                    name: &s.name,
-                    checkpoint: ckpt,
-                    calibration,
-                })
-                .collect();
-            compress_model(&base, &skills, &opts, &bundle_dir, &mut |ev| {
-                if let skillzip_lm::compress::Event::Tensor { index, total, .. } = ev {
-                    on(Event::Progress {
-                        done: *index,
-                        total: *total,
-                    });
+    if cfg.router && cfg.skills.len() > 1 {
+        report.router = Some(route(&ctx, &base, &tasks, on)?);
+        lap(&mut report, "router");
+    }
+
+    let methods: Vec<(String, Method)> = cfg
+        .methods
+        .iter()
+        .map(|m| Ok((m.clone(), Method::parse(m, cfg.rank)?)))
+        .collect::<Result<_>>()?;
+    let routed = methods
+        .iter()
+        .find(|(_, m)| m.is_skillzip())
+        .map(|(l, _)| l);
+    for (label, method) in &methods {
+        match method {
+            Method::SkillZip { .. } => {
+                let bundle_dir =
+                    compress_bundle(&ctx, &base, &tuned, &calibrations, label, method, on)?;
+                if report.router.is_some() {
+                    attach_router(&bundle_dir, &run.join(ROUTER_FILE))?;
                 }
-            })?;
+                lap(&mut report, &format!("compress {label}"));
+                let bundle = Bundle::open(&bundle_dir)?;
+                let manifest = bundle.manifest();
+                if let Some(d) = &manifest.backbone_delta {
+                    report.backbone_delta.push((label.clone(), d.bytes));
+                }
+                for (k, ((_, held), spec)) in tasks.iter().zip(&cfg.skills).enumerate() {
+                    if let Some(pack) = manifest.skillpack(&spec.name) {
+                        report.storage.push(Storage {
+                            config: label.clone(),
+                            skill: spec.name.clone(),
+                            bytes: pack.bytes,
+                        });
+                    }
+                    let cell = ctx.evaluate(
+                        label,
+                        &spec.name,
+                        held,
+                        &|| {
+                            let (model, hook) = bundle_model(&base, &bundle, Some(&spec.name))?;
+                            Ok((model, hook.map(|h| Box::new(h) as Box<dyn LinearHook>)))
+                        },
+                        on,
+                    )?;
+                    report.cells.push(cell);
+                    if let Some(router) = report.router.as_ref().filter(|_| routed == Some(label)) {
+                        let cell = evaluate_routed(
+                            &ctx,
+                            &base,
+                            &bundle,
+                            label,
+                            k,
+                            held,
+                            &router.routes[k],
+                            on,
+                        )?;
+                        report.cells.push(cell);
+                    }
+                }
+                lap(&mut report, &format!("evaluate {label}"));
+            }
+            Method::Baseline(baseline) => {
+                for (((_, held), spec), (ckpt, calibration)) in tasks
+                    .iter()
+                    .zip(&cfg.skills)
+                    .zip(tuned.iter().zip(&calibrations))
+                {
+                    let path = run
+                        .join(format!("baseline-{label}"))
+                        .join(format!("{}.json", spec.name));
+                    let cell = ctx.evaluate(
+                        label,
+                        &spec.name,
+                        held,
+                        &|| {
+                            let (params, storage) = approximate_skill(
+                                &base,
+                                ckpt,
+                                calibration,
+                                *baseline,
+                                &mut |_, _| {},
+                            )?;
+                            write_json(&path, &storage)?;
+                            Ok((model_from_params(base.config(), params)?, None))
+                        },
+                        on,
+                    )?;
+                    report.cells.push(cell);
+                    if let Some(bytes) = baseline_bytes(&path) {
+                        report.storage.push(Storage {
+                            config: label.clone(),
+                            skill: spec.name.clone(),
+                            bytes,
+                        });
+                    }
+                }
+                lap(&mut report, &format!("{label}: fit and evaluate"));
+            }
         }
-        lap(&mut report, &format!("compress {method}"));
-        let bundle = Bundle::open(&bundle_dir)?;
-        for ((_, held), spec) in tasks.iter().zip(&cfg.skills) {
-            let cell = ctx.evaluate(
-                method,
-                &spec.name,
-                held,
-                &|| {
-                    let (model, hook) = bundle_model(&base, &bundle, Some(&spec.name))?;
-                    Ok((model, hook.map(|h| Box::new(h) as Box<dyn LinearHook>)))
-                },
-                on,
-            )?;
-            report.cells.push(cell);
-        }
-        lap(&mut report, &format!("evaluate {method}"));
     }
     report.peak_rss_mib = peak_rss_mib();
     write_json(&run.join("results.json"), &report)?;
@@ -713,11 +1212,18 @@ pub fn weave(
     Ok(report)
 }
 
-/// The markdown table of a run: accuracy with its 95 % interval per configuration and skill,
-/// and the share of the fine-tune's gain each compressed configuration keeps.
+/// The markdown tables of a run: held-out accuracy with its 95 % interval per configuration
+/// and skill, the fine-tune's gain with its interval, the share of that gain each method
+/// keeps, storage per skill, the router, and wall time per stage.
 pub fn results_table(cfg: &WeaveConfig, report: &WeaveReport) -> String {
     let mut configs: Vec<String> = vec!["base".into(), "target".into()];
     configs.extend(cfg.methods.iter().cloned());
+    for c in &report.cells {
+        if !configs.contains(&c.config) {
+            configs.push(c.config.clone());
+        }
+    }
+    let methods = &configs[2..];
     let cell = |config: &str, skill: &str| {
         report
             .cells
@@ -725,17 +1231,22 @@ pub fn results_table(cfg: &WeaveConfig, report: &WeaveReport) -> String {
             .find(|c| c.config == config && c.skill == skill)
             .map(|c| c.accuracy)
     };
-    let mut out = String::new();
-    out.push_str("| skill | n |");
-    for c in &configs {
-        out.push_str(&format!(" {c} |"));
-    }
-    for m in &cfg.methods {
-        out.push_str(&format!(" {m} gain kept |"));
-    }
-    out.push('\n');
-    out.push_str(&"|---".repeat(2 + configs.len() + cfg.methods.len()));
-    out.push_str("|\n");
+    let pct = |v: f64| format!("{:.1}", 100.0 * v);
+    let header = |out: &mut String, first: &[&str], rest: &[String]| {
+        out.push('|');
+        for h in first
+            .iter()
+            .map(|s| s.to_string())
+            .chain(rest.iter().cloned())
+        {
+            out.push_str(&format!(" {h} |"));
+        }
+        out.push('\n');
+        out.push_str(&"|---".repeat(first.len() + rest.len()));
+        out.push_str("|\n");
+    };
+    let mut out = String::from("Held-out accuracy, greedy, 95 % Wilson intervals:\n\n");
+    header(&mut out, &["skill", "n"], &configs);
     for s in &cfg.skills {
         let n = cell("base", &s.name).map_or(0, |a| a.total);
         out.push_str(&format!("| {} | {n} |", s.name));
@@ -743,31 +1254,104 @@ pub fn results_table(cfg: &WeaveConfig, report: &WeaveReport) -> String {
             match cell(c, &s.name) {
                 Some(a) => {
                     let (lo, hi) = a.wilson95();
-                    out.push_str(&format!(
-                        " {:.1}% [{:.1}, {:.1}] |",
-                        100.0 * a.rate(),
-                        100.0 * lo,
-                        100.0 * hi
-                    ))
+                    out.push_str(&format!(" {}% [{}, {}] |", pct(a.rate()), pct(lo), pct(hi)))
                 }
                 None => out.push_str(" – |"),
             }
         }
-        for m in &cfg.methods {
-            let kept = match (
-                cell("base", &s.name),
-                cell("target", &s.name),
-                cell(m, &s.name),
-            ) {
+        out.push('\n');
+    }
+    out.push_str(
+        "\nThe fine-tune's gain (target − base, points, Newcombe 95 % interval; beyond noise \
+         when the interval excludes 0) and the share of it each method keeps \
+         ((method − base)/(target − base)):\n\n",
+    );
+    header(&mut out, &["skill", "gain", "beyond noise"], methods);
+    for s in &cfg.skills {
+        let (b, t) = (cell("base", &s.name), cell("target", &s.name));
+        out.push_str(&format!("| {} |", s.name));
+        match (b, t) {
+            (Some(b), Some(t)) => {
+                let (lo, hi) = t.difference95(&b);
+                out.push_str(&format!(
+                    " {:+.1} [{:+.1}, {:+.1}] | {} |",
+                    100.0 * (t.rate() - b.rate()),
+                    100.0 * lo,
+                    100.0 * hi,
+                    if lo > 0.0 { "yes" } else { "no" }
+                ));
+            }
+            _ => out.push_str(" – | – |"),
+        }
+        for m in methods {
+            let kept = match (b, t, cell(m, &s.name)) {
                 (Some(b), Some(t), Some(x)) if t.rate() > b.rate() => format!(
                     "{:.0}%",
                     100.0 * (x.rate() - b.rate()) / (t.rate() - b.rate())
                 ),
-                _ => "no gain to keep".into(),
+                (_, _, None) => "–".into(),
+                _ => "no gain".into(),
             };
             out.push_str(&format!(" {kept} |"));
         }
         out.push('\n');
+    }
+    if !report.storage.is_empty() {
+        out.push_str(&format!(
+            "\nStorage of each skill's own part (KiB; bits per parameter of the {} linear \
+             weights the delta covers):\n\n",
+            report.linear_params
+        ));
+        let labels: Vec<String> = cfg
+            .methods
+            .iter()
+            .filter(|m| report.storage.iter().any(|s| &s.config == *m))
+            .cloned()
+            .collect();
+        header(&mut out, &["skill"], &labels);
+        for s in &cfg.skills {
+            out.push_str(&format!("| {} |", s.name));
+            for m in &labels {
+                match report
+                    .storage
+                    .iter()
+                    .find(|x| &x.config == m && x.skill == s.name)
+                {
+                    Some(x) => out.push_str(&format!(
+                        " {:.0} ({:.2} b) |",
+                        x.bytes as f64 / 1024.0,
+                        8.0 * x.bytes as f64 / report.linear_params.max(1) as f64
+                    )),
+                    None => out.push_str(" – |"),
+                }
+            }
+            out.push('\n');
+        }
+        for (m, bytes) in &report.backbone_delta {
+            out.push_str(&format!(
+                "\n{m}: the backbone delta shared by all skills is {:.0} KiB.",
+                *bytes as f64 / 1024.0
+            ));
+        }
+        if !report.backbone_delta.is_empty() {
+            out.push('\n');
+        }
+    }
+    if let Some(r) = &report.router {
+        out.push_str(&format!(
+            "\nLearned router (softmax regression on the base model's mean last hidden state, \
+             {} training prompts): held-out routing accuracy {}.\n\n",
+            r.train_prompts, r.overall
+        ));
+        let names: Vec<String> = cfg.skills.iter().map(|s| format!("→ {}", s.name)).collect();
+        header(&mut out, &["skill", "routed to own"], &names);
+        for (k, s) in cfg.skills.iter().enumerate() {
+            out.push_str(&format!("| {} | {} |", s.name, r.per_skill[k]));
+            for count in &r.confusion[k] {
+                out.push_str(&format!(" {count} |"));
+            }
+            out.push('\n');
+        }
     }
     out.push_str("\n| stage | seconds |\n|---|---:|\n");
     for (what, secs) in &report.seconds {

@@ -158,3 +158,32 @@ fn the_interval_is_wilson_s() {
         "75.0% [30.1, 95.4] (n=4)"
     );
 }
+
+#[test]
+fn the_difference_interval_is_newcombe_s() {
+    // Newcombe (1998), Statistics in Medicine 17, Table II, method 10.
+    let cases = [
+        ((56, 70), (48, 80), 0.0524, 0.3339),
+        ((9, 10), (3, 10), 0.1705, 0.8090),
+        ((6, 7), (2, 7), 0.0582, 0.8062),
+        ((5, 56), (0, 29), -0.0381, 0.1926),
+    ];
+    for ((c1, n1), (c2, n2), lo, hi) in cases {
+        let a = Accuracy {
+            correct: c1,
+            total: n1,
+        };
+        let b = Accuracy {
+            correct: c2,
+            total: n2,
+        };
+        let (l, h) = a.difference95(&b);
+        assert!(
+            (l - lo).abs() < 5e-4 && (h - hi).abs() < 5e-4,
+            "{c1}/{n1} − {c2}/{n2}: {l} {h}"
+        );
+        // Swapping the samples mirrors the interval.
+        let (l2, h2) = b.difference95(&a);
+        assert!((l2 + h).abs() < 1e-12 && (h2 + l).abs() < 1e-12);
+    }
+}

@@ -4,11 +4,18 @@
 mod common;
 
 use common::{chat_tokenizer, tiny_model};
+use skillzip_format::bundle::Bundle;
 use skillzip_harness::selfgen::SelfGenConfig;
 use skillzip_harness::weave::{Event, SkillSpec, WeaveConfig, weave};
+use skillzip_harness::{Error, evaluate};
 use skillzip_harness::{LnDpo, Schedule, TrainConfig};
+use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::save::{SaveOptions, save_tensors};
+use skillzip_lm::skillpack::bundle_model;
+use skillzip_lm::tokenizer::Tokenizer;
 use skillzip_tasks::Domain;
+use skillzip_tasks::jsonl::read_jsonl;
+use std::path::{Path, PathBuf};
 
 fn tiny_run_config(tasks: std::path::PathBuf) -> WeaveConfig {
     WeaveConfig {
@@ -46,13 +53,13 @@ fn tiny_run_config(tasks: std::path::PathBuf) -> WeaveConfig {
         merge: Some("ties".into()),
         calibration_prompts: 4,
         seed: 3,
+        router: true,
     }
 }
 
-#[test]
-fn a_tiny_run_writes_every_artifact_and_resumes_by_reusing_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("base");
+/// A base model and tokenizer saved in `dir/base`; returns the model file.
+fn tiny_base(dir: &Path) -> PathBuf {
+    let model_dir = dir.join("base");
     std::fs::create_dir_all(&model_dir).unwrap();
     let model = tiny_model(41, 20.0);
     save_tensors(
@@ -63,26 +70,37 @@ fn a_tiny_run_writes_every_artifact_and_resumes_by_reusing_them() {
     )
     .unwrap();
     chat_tokenizer(&model_dir);
-    // A lowercase constraint: the tiny model's vocabulary has a few capitalised words, so
-    // some of its samples pass and some fail, which is what makes preference pairs.
-    let tasks = dir.path().join("tasks.jsonl");
-    let lines: Vec<String> = (0..15)
+    model_dir.join("model.safetensors")
+}
+
+/// `count` tasks asking for a lowercase answer to prompts `words(i)`, as JSONL.
+fn lowercase_tasks(path: &Path, count: usize, words: impl Fn(usize) -> String) -> PathBuf {
+    let lines: Vec<String> = (0..count)
         .map(|i| {
             serde_json::json!({
-                "prompt": format!("w{i} w{} w{}", i + 1, i + 2),
+                "prompt": words(i),
                 "check": {"type": "constraints", "constraints": [{"type": "lowercase"}]}
             })
             .to_string()
         })
         .collect();
-    std::fs::write(&tasks, lines.join("\n")).unwrap();
+    std::fs::write(path, lines.join("\n")).unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn a_tiny_run_writes_every_artifact_and_resumes_by_reusing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    // A lowercase constraint: the tiny model's vocabulary has a few capitalised words, so
+    // some of its samples pass and some fail, which is what makes preference pairs.
+    let tasks = lowercase_tasks(&dir.path().join("tasks.jsonl"), 15, |i| {
+        format!("w{i} w{} w{}", i + 1, i + 2)
+    });
     let cfg = tiny_run_config(tasks);
     let run = dir.path().join("run");
     let mut events = Vec::new();
-    let report = weave(&model_dir.join("model.safetensors"), &run, &cfg, &mut |e| {
-        events.push(e)
-    })
-    .unwrap();
+    let report = weave(&base, &run, &cfg, &mut |e| events.push(e)).unwrap();
 
     let steps = events
         .iter()
@@ -118,14 +136,14 @@ fn a_tiny_run_writes_every_artifact_and_resumes_by_reusing_them() {
     );
     let table = std::fs::read_to_string(run.join("results.md")).unwrap();
     assert!(table.contains("| lower | 3 |"), "{table}");
-    assert!(table.contains("X8A8B8 gain kept"), "{table}");
+    assert!(
+        table.contains("| skill | gain | beyond noise | X8A8B8 |"),
+        "{table}"
+    );
 
     // A second run over the same directory trains nothing and evaluates nothing again.
     let mut again = Vec::new();
-    let second = weave(&model_dir.join("model.safetensors"), &run, &cfg, &mut |e| {
-        again.push(e)
-    })
-    .unwrap();
+    let second = weave(&base, &run, &cfg, &mut |e| again.push(e)).unwrap();
     assert!(!again.iter().any(|e| matches!(e, Event::Step(_))));
     let reused = again
         .iter()
@@ -133,6 +151,177 @@ fn a_tiny_run_writes_every_artifact_and_resumes_by_reusing_them() {
         .count();
     assert_eq!(reused, 4, "{again:?}");
     assert_eq!(second.cells, report.cells);
+
+    // Batching and the list of methods may change; anything that shaped the artifacts may not.
+    let mut batched = cfg.clone();
+    batched.eval_batch = 2;
+    weave(&base, &run, &batched, &mut |_| {}).unwrap();
+    let mut other = cfg.clone();
+    other.rounds = 3;
+    other.train.schedule.peak_lr *= 2.0;
+    match weave(&base, &run, &other, &mut |_| {}) {
+        Err(Error::RunMismatch { fields, .. }) => assert_eq!(fields, ["rounds", "train"]),
+        r => panic!("a run with other settings was continued: {r:?}"),
+    }
+    let before = std::fs::read(run.join("config.json")).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<WeaveConfig>(&before)
+            .unwrap()
+            .rounds,
+        2,
+        "the refused settings were not recorded"
+    );
+}
+
+/// Two skills: the shared component, the router, an ablation and the baselines.
+#[test]
+fn two_skills_get_a_router_ablations_and_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let mut cfg = tiny_run_config(lowercase_tasks(&dir.path().join("w.jsonl"), 15, |i| {
+        format!("w{i} w{} w{}", i + 1, i + 2)
+    }));
+    let mut digits = cfg.skills[0].clone();
+    digits.name = "digits".into();
+    digits.tasks_file = Some(lowercase_tasks(&dir.path().join("d.jsonl"), 15, |i| {
+        format!("{} {} A B {}", i % 10, (i + 3) % 10, (i * 7) % 10)
+    }));
+    cfg.skills.push(digits);
+    cfg.rounds = 1;
+    cfg.methods = ["X8A8B8", "X8A8B8-nomerge", "svd16", "bitdelta", "deltacome"]
+        .map(String::from)
+        .to_vec();
+    let run = dir.path().join("run");
+    let report = weave(&base, &run, &cfg, &mut |_| {}).unwrap();
+
+    let cell = |config: &str, skill: &str| {
+        report
+            .cells
+            .iter()
+            .find(|c| c.config == config && c.skill == skill)
+            .unwrap_or_else(|| panic!("no {config} cell for {skill}"))
+            .accuracy
+    };
+    let router = report.router.as_ref().expect("two skills have a router");
+    assert_eq!(router.train_prompts, 16);
+    for (k, skill) in ["lower", "digits"].into_iter().enumerate() {
+        for config in cfg
+            .methods
+            .iter()
+            .map(String::as_str)
+            .chain(["X8A8B8+router"])
+        {
+            assert_eq!(cell(config, skill).total, 3, "{config} on {skill}");
+        }
+        for m in &cfg.methods {
+            let stored = report
+                .storage
+                .iter()
+                .find(|s| &s.config == m && s.skill == skill);
+            assert!(
+                stored.is_some_and(|s| s.bytes > 0),
+                "{m} on {skill}: no storage"
+            );
+        }
+        assert_eq!(router.confusion[k].iter().sum::<usize>(), 3);
+        assert_eq!(router.routes[k].len(), 3);
+        // A task routed to its own skill keeps the oracle's answer; the others were answered
+        // with the skillpack they were routed to.
+        let answers = |config: &str| -> Vec<serde_json::Value> {
+            let path = run.join(format!("eval/{config}/{skill}.json"));
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            v["answers"].as_array().unwrap().clone()
+        };
+        let (oracle, routed) = (answers("X8A8B8"), answers("X8A8B8+router"));
+        for (i, r) in router.routes[k].iter().enumerate() {
+            assert_eq!(oracle[i]["id"], routed[i]["id"]);
+            if *r == k {
+                assert_eq!(oracle[i], routed[i]);
+            }
+        }
+    }
+    // Two skills share a component, except in the no-merge ablation; the router travels with
+    // every SkillZip bundle.
+    assert!(
+        run.join("bundle-X8A8B8/backbone_delta.safetensors")
+            .exists()
+    );
+    assert!(
+        !run.join("bundle-X8A8B8-nomerge/backbone_delta.safetensors")
+            .exists()
+    );
+    for bundle in ["bundle-X8A8B8", "bundle-X8A8B8-nomerge"] {
+        let manifest = skillzip_format::bundle::read_manifest(run.join(bundle)).unwrap();
+        assert!(manifest.router.is_some(), "{bundle} has no router");
+    }
+    let router_file = skillzip_harness::router::Router::load(&run.join("router.json")).unwrap();
+    assert_eq!(router_file.skills(), ["lower", "digits"]);
+    for file in [
+        "baseline-svd16/digits.json",
+        "baseline-deltacome/lower.json",
+    ] {
+        assert!(run.join(file).exists(), "{file} missing");
+    }
+    let table = std::fs::read_to_string(run.join("results.md")).unwrap();
+    for needle in ["X8A8B8+router", "Learned router", "Storage", "bitdelta"] {
+        assert!(table.contains(needle), "{needle} not in {table}");
+    }
+
+    // The tiny router gets every task right; swap its routes to exercise misrouting: each
+    // task must then be answered with the other skill's skillpack.
+    let mut swapped = router.clone();
+    for routes in &mut swapped.routes {
+        routes.iter_mut().for_each(|r| *r = 1 - *r);
+    }
+    std::fs::write(
+        run.join("router-report.json"),
+        serde_json::to_vec(&swapped).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(run.join("eval/X8A8B8+router")).unwrap();
+    let mut events = Vec::new();
+    let again = weave(&base, &run, &cfg, &mut |e| events.push(e)).unwrap();
+    for to in ["lower", "digits"] {
+        let stage = format!("3 tasks routed to {to}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Stage(s) if s.ends_with(&stage))),
+            "{events:?}"
+        );
+    }
+    let ckpt = Checkpoint::open(&base).unwrap();
+    let tok = Tokenizer::of_checkpoint(&ckpt).unwrap();
+    let bundle = Bundle::open(run.join("bundle-X8A8B8")).unwrap();
+    let (model, hook) = bundle_model(&ckpt, &bundle, Some("digits")).unwrap();
+    let held: Vec<_> = read_jsonl(dir.path().join("w.jsonl"), Domain::Instructions)
+        .unwrap()
+        .into_iter()
+        .skip(4)
+        .step_by(5)
+        .collect();
+    let (accuracy, generated) = evaluate(
+        &model,
+        &tok,
+        &held,
+        3,
+        None,
+        &mut hook.unwrap(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let routed = again
+        .cells
+        .iter()
+        .find(|c| c.config == "X8A8B8+router" && c.skill == "lower")
+        .unwrap();
+    assert_eq!(routed.accuracy, accuracy);
+    let path = run.join("eval/X8A8B8+router/lower.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for (record, g) in v["answers"].as_array().unwrap().iter().zip(&generated) {
+        assert_eq!(record["answer"], g.samples[0].text.as_str());
+    }
 }
 
 #[test]

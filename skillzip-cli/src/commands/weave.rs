@@ -21,7 +21,8 @@ pub struct Args {
     /// The small preset: two skills, small sets, one round (about 15 minutes on 2 cores).
     #[arg(long, conflicts_with = "full")]
     pub quick: bool,
-    /// The full preset: four skills, three rounds, X8A8B8 and X4A4B4 (the default preset).
+    /// The full preset: four skills, several rounds, X8A8B8, X4A4B4, the ablations and the
+    /// baselines (the default preset).
     #[arg(long)]
     pub full: bool,
     /// Skills instead of the preset's: NAME=DOMAIN:LEVEL (domain math, ifeval, mc or code),
@@ -49,9 +50,15 @@ pub struct Args {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// SkillZip methods, comma-separated (X8A8B8, X8A4B4, X4A4B8, X4A4B4).
+    /// Methods to store the deltas with, comma-separated: SkillZip grids (X8A8B8, X8A4B4,
+    /// X4A4B8, X4A4B4), ablations (a grid with -nomerge, -nosmooth and/or -norotate) and
+    /// baselines (bitdelta, svd16, asvd, deltacome).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
+    /// No learned router (by default, with two skills or more, it is trained and the first
+    /// SkillZip method is also evaluated with routed instead of oracle skillpacks).
+    #[arg(long)]
+    pub no_router: bool,
     /// Skillpack rank.
     #[arg(long)]
     pub rank: Option<usize>,
@@ -121,6 +128,9 @@ pub fn config(a: &Args) -> CliResult<WeaveConfig> {
     }
     if !a.methods.is_empty() {
         cfg.methods = a.methods.clone();
+    }
+    if a.no_router {
+        cfg.router = false;
     }
     if let Some(m) = &a.merge {
         cfg.merge = (m != "none").then(|| m.clone());

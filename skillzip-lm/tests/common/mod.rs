@@ -1,8 +1,11 @@
 //! Helpers shared by the boundary tests: logits comparison, a hand-written GGUF v3 writer,
-//! ggml's reference Q8_0/Q4_1 quantizers, and safetensors written by hand.
+//! ggml's reference Q8_0/Q4_1 quantizers, safetensors written by hand, and (`fixture`) a
+//! tiny base model with fine-tunes and calibrations on disk.
 //!
 //! Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
+
+pub mod fixture;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -705,8 +705,11 @@ const ITEMS: [(&str, &str); 5] = [
     ("toy", "toys"),
 ];
 
-const MATH_FORMAT: &str =
-    "Explain briefly, then end with \"The answer is N.\" where N is the final number.";
+/// The answer format every math prompt ends with. SmolLM2-135M answers "Explain briefly,
+/// then end with …" by stating a number first and computing after; asked to solve step by
+/// step it computes first (level 1: 28 % instead of 12.5 % of held-out tasks, greedy).
+pub const MATH_FORMAT: &str =
+    "Solve it step by step, then write \"The answer is N.\" on the last line.";
 
 /// A math problem: template number, the numbers that make it this problem, text and answer.
 struct MathProblem {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use skillzip_tasks::sandbox::SandboxLimits;
-use skillzip_tasks::task::MAX_LEVEL;
+use skillzip_tasks::task::{MATH_FORMAT, MAX_LEVEL};
 use skillzip_tasks::{Check, Constraint, Domain, Sandbox, Split, Task, generate, verify};
 
 /// How many tasks per split the disjointness test draws: code levels hold fewer problems.
@@ -423,7 +423,10 @@ fn math_level_one_is_one_small_addition_or_subtraction() {
             let Check::Number { answer } = task.check else {
                 panic!("{}: not a number check", task.id);
             };
-            let question = task.prompt.split(" Explain briefly").next().unwrap();
+            let question = task
+                .prompt
+                .strip_suffix(MATH_FORMAT)
+                .expect("every math prompt ends with the format");
             let numbers: Vec<i64> = question
                 .split(|c: char| !c.is_ascii_digit())
                 .filter(|w| !w.is_empty())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The main job: SkillWeave end to end on the real SmolLM2-135M-Instruct, `skillzip weave --quick`.
+#
+#   1. fetch the model (scripts/fetch-smollm2.sh; cached after the first run);
+#   2. per skill (instruction following and multiple choice by default): the base model's
+#      held-out accuracy; self-generation of several answers per training prompt, judged by
+#      the rule-based verifiers; LN-DPO on the resulting preference pairs; the fine-tune's
+#      held-out accuracy;
+#   3. calibrate, train the learned router on the backbone's hidden states, compress both
+#      skill deltas into one bundle (TIES shared component + X8A8B8 skillpacks), and evaluate
+#      backbone + skillpack with oracle and with learned routing;
+#   4. print the table (also in OUT/results.md; every artifact is under OUT).
+#
+# usage: scripts/weave-quick.sh [OUT_DIR] [extra `skillzip weave` flags]
+#        (default target/weave-quick; about 15 min on 2 cores once built; a killed run
+#        continues where it stopped when started again with the same settings)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-target/weave-quick}"
+shift || true
+
+GGUF="$(scripts/fetch-smollm2.sh)"
+echo "== model: $GGUF" >&2
+cargo build --release -p skillzip-cli >&2
+TIME=()
+if [ -x /usr/bin/time ]; then TIME=(/usr/bin/time -f "== wall %e s, peak RSS %M KiB"); fi
+"${TIME[@]}" target/release/skillzip weave --quick --base "$GGUF" --out "$OUT" "$@"
