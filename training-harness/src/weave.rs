@@ -177,31 +177,31 @@ fn skill(name: &str, domain: Domain, level: u8) -> SkillSpec {
 }
 
 impl WeaveConfig {
-    /// The `--quick` preset: two skills and small sets, sized for about 15 minutes on two
-    /// CPU cores with SmolLM2-135M. Its intervals are wide; it shows the pipeline, not the
-    /// paper's numbers.
+    /// The `--quick` preset: two skills (multiple choice, one-step math) and small sets,
+    /// sized for about 15 minutes on two CPU cores with SmolLM2-135M. Its intervals are wide;
+    /// it shows the pipeline, not the paper's numbers.
     pub fn quick() -> Self {
         let mut train = TrainConfig::default();
-        train.schedule.peak_lr = 2e-5;
-        train.schedule.min_lr = 2e-6;
+        train.schedule.peak_lr = 5e-5;
+        train.schedule.min_lr = 5e-6;
         train.schedule.warmup_steps = 1;
         Self {
             skills: vec![
-                skill("ifeval", Domain::Instructions, 2),
                 skill("mc", Domain::Choice, 2),
+                skill("math", Domain::Math, 1),
             ],
-            train_prompts: 24,
-            heldout_prompts: 32,
+            train_prompts: 32,
+            heldout_prompts: 48,
             selfgen: SelfGenConfig {
                 samples_per_prompt: 4,
-                prompts_per_batch: 12,
+                prompts_per_batch: 16,
                 ..SelfGenConfig::default()
             },
             rounds: 1,
-            steps_per_round: 6,
+            steps_per_round: 10,
             pairs_per_step: 4,
             train,
-            eval_batch: 32,
+            eval_batch: 48,
             methods: vec!["X8A8B8".into()],
             rank: 16,
             merge: Some("ties".into()),
@@ -211,12 +211,14 @@ impl WeaveConfig {
         }
     }
 
-    /// The full preset: every built-in skill, larger sets, several rounds, both grids.
+    /// The full preset: every built-in skill, 100 held-out tasks each, two online rounds,
+    /// SkillZip X8A8B8 and X4A4B4, the three ablations and three baselines (about two hours on
+    /// two CPU cores).
     pub fn full() -> Self {
         let mut train = TrainConfig::default();
-        train.schedule.peak_lr = 2e-5;
-        train.schedule.min_lr = 2e-6;
-        train.schedule.warmup_steps = 4;
+        train.schedule.peak_lr = 5e-5;
+        train.schedule.min_lr = 5e-6;
+        train.schedule.warmup_steps = 2;
         Self {
             skills: vec![
                 skill("math", Domain::Math, 1),
@@ -224,19 +226,19 @@ impl WeaveConfig {
                 skill("mc", Domain::Choice, 2),
                 skill("code", Domain::Code, 2),
             ],
-            train_prompts: 192,
+            train_prompts: 96,
             heldout_prompts: 100,
             selfgen: SelfGenConfig {
-                samples_per_prompt: 6,
+                samples_per_prompt: 4,
                 prompts_per_batch: 16,
-                max_pairs_per_prompt: 3,
+                max_pairs_per_prompt: 2,
                 ..SelfGenConfig::default()
             },
-            rounds: 3,
-            steps_per_round: 16,
-            pairs_per_step: 8,
+            rounds: 2,
+            steps_per_round: 10,
+            pairs_per_step: 4,
             train,
-            eval_batch: 32,
+            eval_batch: 50,
             methods: [
                 "X8A8B8",
                 "X4A4B4",
@@ -251,7 +253,7 @@ impl WeaveConfig {
             .to_vec(),
             rank: 32,
             merge: Some("ties".into()),
-            calibration_prompts: 64,
+            calibration_prompts: 32,
             seed: 0,
             router: true,
         }
