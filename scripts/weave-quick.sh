@@ -2,7 +2,7 @@
 # The main job: SkillWeave end to end on the real SmolLM2-135M-Instruct, `skillzip weave --quick`.
 #
 #   1. fetch the model (scripts/fetch-smollm2.sh; cached after the first run);
-#   2. per skill (instruction following and multiple choice by default): the base model's
+#   2. per skill (multiple choice and one-step math by default): the base model's
 #      held-out accuracy; self-generation of several answers per training prompt, judged by
 #      the rule-based verifiers; LN-DPO on the resulting preference pairs; the fine-tune's
 #      held-out accuracy;

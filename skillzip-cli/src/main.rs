@@ -9,6 +9,7 @@ mod commands;
 mod demo;
 mod inputs;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +24,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// No progress bars (per-step lines still go to stderr).
+    /// No progress bars (per-step lines still go to stderr); implied when stderr is not a
+    /// terminal, so a redirected log keeps every stage line.
     #[arg(long, global = true)]
     quiet: bool,
 }
@@ -70,7 +72,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = cli.quiet;
+    // A hidden progress bar swallows the lines printed through it: without a terminal,
+    // print plain lines instead.
+    let quiet = cli.quiet || !std::io::stderr().is_terminal();
     let result = match cli.command {
         Command::Demo { small, seed } => demo::run(small, seed),
         Command::Calibrate(a) => commands::calibrate::run(a, quiet),

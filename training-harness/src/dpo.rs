@@ -11,6 +11,12 @@
 //! plays the role of DPO's reference ratio), so training holds one model. `γ` is a target
 //! margin: the loss keeps pushing until the helpful response is ahead by `γ/β` nats per token.
 //!
+//! An optional term `λ·(−avg_logp(y_w))` ([`LnDpo::nll`], 0 by default) also raises the
+//! helpful response's own likelihood. A preference loss alone can win by pushing the harmful
+//! response down while the helpful one falls too; with few pairs and reasoning-style answers
+//! the negative log-likelihood term keeps the policy on what worked (Pang et al. 2024,
+//! *Iterative Reasoning Preference Optimization*, use `λ = 1` with length normalisation).
+//!
 //! [`average_logps`] runs every sequence of a batch in one right-padded forward pass (causal
 //! attention keeps the padding out of real positions), and computes the LM head only at the
 //! positions that predict response tokens.
@@ -39,14 +45,19 @@ pub struct LnDpo {
     pub beta: f64,
     /// Target margin `γ`.
     pub gamma: f64,
+    /// Weight `λ` of the helpful response's length-normalised negative log-likelihood added
+    /// to the loss (0: LN-DPO alone).
+    #[serde(default)]
+    pub nll: f64,
 }
 
 impl Default for LnDpo {
-    /// SimPO's range for instruct models: `β = 2`, `γ/β = 0.5`.
+    /// SimPO's range for instruct models: `β = 2`, `γ/β = 0.5`; no likelihood term.
     fn default() -> Self {
         Self {
             beta: 2.0,
             gamma: 1.0,
+            nll: 0.0,
         }
     }
 }
@@ -140,7 +151,8 @@ fn softplus(x: &Tensor) -> Result<Tensor> {
 }
 
 impl LnDpo {
-    /// The mean LN-DPO loss of `pairs` under `model`.
+    /// The mean LN-DPO loss of `pairs` under `model` (plus `λ·mean(−avg_logp(y_w))` when
+    /// [`LnDpo::nll`] is set).
     pub fn loss(&self, model: &Llama, pairs: &[PreferencePair]) -> Result<DpoLoss> {
         if pairs.is_empty() {
             return Err(Error::InvalidInput("an LN-DPO batch needs pairs".into()));
@@ -156,7 +168,10 @@ impl LnDpo {
         let rejected = avg.narrow(0, p, p)?;
         // −log σ(z) = softplus(−z).
         let z = (((&chosen - &rejected)? * self.beta)? - self.gamma)?;
-        let loss = softplus(&z.neg()?)?.mean_all()?;
+        let mut loss = softplus(&z.neg()?)?.mean_all()?;
+        if self.nll != 0.0 {
+            loss = (loss - (chosen.mean_all()? * self.nll)?)?;
+        }
         Ok(DpoLoss {
             loss,
             chosen: chosen.to_vec1()?,

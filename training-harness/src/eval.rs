@@ -59,6 +59,106 @@ impl Accuracy {
     }
 }
 
+/// Two configurations' verdicts on the same tasks, counted by agreement: the paired 2×2 table
+/// of a before/after comparison on one held-out set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Paired {
+    /// Tasks both answered helpfully.
+    pub both: usize,
+    /// Tasks only the first answered helpfully.
+    pub first_only: usize,
+    /// Tasks only the second answered helpfully.
+    pub second_only: usize,
+    /// Tasks neither answered helpfully.
+    pub neither: usize,
+}
+
+impl Paired {
+    /// Counts the verdicts `first[i]` and `second[i]` of the same task `i`; `None` when the
+    /// two lists differ in length (they are then not the same tasks).
+    pub fn of(first: &[bool], second: &[bool]) -> Option<Self> {
+        if first.len() != second.len() {
+            return None;
+        }
+        let mut p = Self {
+            both: 0,
+            first_only: 0,
+            second_only: 0,
+            neither: 0,
+        };
+        for (&x, &y) in first.iter().zip(second) {
+            *match (x, y) {
+                (true, true) => &mut p.both,
+                (true, false) => &mut p.first_only,
+                (false, true) => &mut p.second_only,
+                (false, false) => &mut p.neither,
+            } += 1;
+        }
+        Some(p)
+    }
+
+    /// The tasks counted.
+    pub fn total(&self) -> usize {
+        self.both + self.first_only + self.second_only + self.neither
+    }
+
+    /// The first configuration's accuracy.
+    pub fn first(&self) -> Accuracy {
+        Accuracy {
+            correct: self.both + self.first_only,
+            total: self.total(),
+        }
+    }
+
+    /// The second configuration's accuracy.
+    pub fn second(&self) -> Accuracy {
+        Accuracy {
+            correct: self.both + self.second_only,
+            total: self.total(),
+        }
+    }
+
+    /// The 95 % interval of `first − second` for paired verdicts: Newcombe's hybrid score
+    /// interval for paired proportions (method 10 of Newcombe 1998, *Improved confidence
+    /// intervals for the difference between binomial proportions based on paired data*): the
+    /// two Wilson intervals combined with the φ correlation of the 2×2 table (continuity
+    /// corrected as Newcombe does; 0 when a margin is empty). With φ = 0 it is
+    /// [`Accuracy::difference95`] of the two margins; the more the two
+    /// configurations agree task by task, the narrower it gets, which is why a fine-tune
+    /// compared with its base on the same tasks should be judged by this interval.
+    pub fn difference95(&self) -> (f64, f64) {
+        let (a, b, c, d) = (
+            self.both as f64,
+            self.first_only as f64,
+            self.second_only as f64,
+            self.neither as f64,
+        );
+        let (first, second) = (self.first(), self.second());
+        let (p1, p2) = (first.rate(), second.rate());
+        let ((l1, u1), (l2, u2)) = (first.wilson95(), second.wilson95());
+        let margins = (a + b) * (c + d) * (a + c) * (b + d);
+        // Newcombe's φ with his continuity correction: a positive ad − bc counts only beyond
+        // n/2, so small positive correlations do not narrow the interval.
+        let n = a + b + c + d;
+        let agreement = a * d - b * c;
+        let phi = if margins == 0.0 {
+            0.0
+        } else if agreement > n / 2.0 {
+            (agreement - n / 2.0) / margins.sqrt()
+        } else if agreement >= 0.0 {
+            0.0
+        } else {
+            agreement / margins.sqrt()
+        };
+        let delta = p1 - p2;
+        let spread = |x: f64, y: f64| (x * x - 2.0 * phi * x * y + y * y).max(0.0).sqrt();
+        (
+            (delta - spread(p1 - l1, u2 - p2)).max(-1.0),
+            (delta + spread(u1 - p1, p2 - l2)).min(1.0),
+        )
+    }
+}
+
 impl std::fmt::Display for Accuracy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (lo, hi) = self.wilson95();

@@ -63,6 +63,9 @@ pub struct StepReport {
     pub accuracy: f64,
     /// Mean of `avg_logp(y_w) − avg_logp(y_l)`.
     pub margin: f64,
+    /// Mean of `avg_logp(y_w)`: whether the helpful responses themselves grow likelier (a
+    /// margin won only by pushing harmful responses down shows here as a falling value).
+    pub chosen_logp: f64,
     /// The optimizer's view of the step.
     pub optimizer: StepStats,
 }
@@ -179,11 +182,13 @@ impl DpoTrainer {
             .map(|(w, l)| (w - l) as f64)
             .sum::<f64>()
             / pairs.len() as f64;
+        let chosen_logp = out.chosen.iter().map(|&w| w as f64).sum::<f64>() / pairs.len() as f64;
         Ok(StepReport {
             step,
             loss,
             accuracy: out.accuracy(),
             margin,
+            chosen_logp,
             optimizer,
         })
     }

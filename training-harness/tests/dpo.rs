@@ -47,7 +47,7 @@ fn loss_f64(model: &Llama, pairs: &[PreferencePair], obj: LnDpo) -> f64 {
                 * (avg_logp_f64(model, &p.prompt, &p.chosen)
                     - avg_logp_f64(model, &p.prompt, &p.rejected))
                 - obj.gamma;
-            (1.0 + (-z).exp()).ln()
+            (1.0 + (-z).exp()).ln() - obj.nll * avg_logp_f64(model, &p.prompt, &p.chosen)
         })
         .sum::<f64>()
         / pairs.len() as f64
@@ -62,11 +62,19 @@ fn the_loss_equals_an_f64_computation_from_full_logits() {
         LnDpo {
             beta: 0.5,
             gamma: 0.0,
+            nll: 0.0,
         },
         // A large β·margin exercises the overflow-free softplus.
         LnDpo {
             beta: 400.0,
             gamma: -3.0,
+            nll: 0.0,
+        },
+        // With the helpful response's likelihood term.
+        LnDpo {
+            beta: 2.0,
+            gamma: 1.0,
+            nll: 1.0,
         },
     ] {
         let out = obj.loss(&model, &pairs).unwrap();
@@ -108,7 +116,11 @@ fn identical_responses_cost_exactly_the_margin_term() {
         rejected: y,
     };
     for gamma in [0.0, 1.0, 5.0] {
-        let obj = LnDpo { beta: 2.0, gamma };
+        let obj = LnDpo {
+            beta: 2.0,
+            gamma,
+            nll: 0.0,
+        };
         let out = obj.loss(&model, std::slice::from_ref(&pair)).unwrap();
         let got = out.loss.to_scalar::<f32>().unwrap() as f64;
         assert!(
@@ -157,7 +169,11 @@ fn trainable(seed: u64) -> (Llama, BTreeMap<String, Var>) {
 #[test]
 fn gradients_match_central_finite_differences() {
     let (model, vars) = trainable(6);
-    let obj = LnDpo::default();
+    // With the likelihood term, so its gradient is checked too.
+    let obj = LnDpo {
+        nll: 0.5,
+        ..LnDpo::default()
+    };
     let pairs = pairs();
     let loss = obj.loss(&model, &pairs).unwrap().loss;
     let grads = loss.backward().unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{chat_tokenizer, tiny_model};
-use skillzip_harness::eval::{Accuracy, accuracy_of, evaluate};
+use skillzip_harness::eval::{Accuracy, Paired, accuracy_of, evaluate};
 use skillzip_harness::selfgen::{Generated, Sample, answer_tasks, encode_prompt, preference_pairs};
 use skillzip_lm::generate::Sampling;
 use skillzip_lm::model::NoHook;
@@ -53,6 +53,9 @@ fn samples_are_judged_reproducible_and_independent_of_batching() {
         for s in &g.samples {
             assert_eq!(s.verdict, verify(task, &s.text, None), "{}", s.text);
             assert!(!s.ids.is_empty() && s.ids.len() <= task.max_new_tokens() + 1);
+            // Finished answers, and only they, end with the end-of-turn token.
+            let eot = tok.stop_ids()[0];
+            assert_eq!(s.finished, s.ids.last() == Some(&eot), "{:?}", s.ids);
         }
     }
     let texts = |g: &[Generated]| -> Vec<Vec<Vec<u32>>> {
@@ -69,6 +72,15 @@ fn samples_are_judged_reproducible_and_independent_of_batching() {
     assert_ne!(texts(&a), texts(&run(2, 10)));
     // Copies of a prompt are different samples.
     assert!(a.iter().any(|g| g.samples[0].ids != g.samples[1].ids));
+    // The tiny model both stops and runs out of budget on these tasks, so both cases are seen.
+    let finished: Vec<bool> = a
+        .iter()
+        .flat_map(|g| g.samples.iter().map(|s| s.finished))
+        .collect();
+    assert!(
+        finished.contains(&true) && finished.contains(&false),
+        "{finished:?}"
+    );
 
     let (acc, greedy) =
         evaluate(&model, &tok, &tasks, 2, None, &mut NoHook, &mut |_, _| {}).unwrap();
@@ -86,6 +98,7 @@ fn sample(text: &str, ids: Vec<u32>, helpful: bool) -> Sample {
         } else {
             Verdict::harmful("no")
         },
+        finished: true,
     }
 }
 
@@ -186,4 +199,65 @@ fn the_difference_interval_is_newcombe_s() {
         let (l2, h2) = b.difference95(&a);
         assert!((l2 + h).abs() < 1e-12 && (h2 + l).abs() < 1e-12);
     }
+}
+
+#[test]
+fn the_paired_difference_interval_is_newcombe_s() {
+    // (both, first only, second only, neither) → interval of first − second. Worked examples of
+    // Fagerland, Lydersen & Laake (2014/2017, the paired 2×2 table: airway hyper-responsiveness
+    // before/after transplantation; complete response before/after consolidation), Newcombe's
+    // own (1998, n = 36), a positively correlated table and perfect agreement; values from an
+    // f64 transcription of Newcombe's method 10 with his continuity-corrected φ.
+    let cases = [
+        ((1, 1, 7, 12), -0.5069, -0.0256),
+        ((59, 6, 16, 80), -0.1186, -0.0046),
+        ((12, 2, 1, 21), -0.0786, 0.1332),
+        ((10, 15, 5, 20), 0.0258, 0.3569),
+        ((20, 0, 0, 28), -0.0412, 0.0412),
+    ];
+    for ((both, first_only, second_only, neither), lo, hi) in cases {
+        let p = Paired {
+            both,
+            first_only,
+            second_only,
+            neither,
+        };
+        let (l, h) = p.difference95();
+        assert!(
+            (l - lo).abs() < 5e-4 && (h - hi).abs() < 5e-4,
+            "{p:?}: {l} {h}"
+        );
+        // Swapping the configurations mirrors the interval.
+        let swapped = Paired {
+            first_only: second_only,
+            second_only: first_only,
+            ..p
+        };
+        let (l2, h2) = swapped.difference95();
+        assert!((l2 + h).abs() < 1e-12 && (h2 + l).abs() < 1e-12);
+        // Agreement (ad ≥ bc) can only narrow the independent-samples interval of the margins.
+        let independent = p.first().difference95(&p.second());
+        if both * neither >= first_only * second_only {
+            assert!(l >= independent.0 - 1e-12 && h <= independent.1 + 1e-12);
+        }
+    }
+    // Counting from verdict lists.
+    let first = [true, true, false, false, true];
+    let second = [true, false, true, false, false];
+    let p = Paired::of(&first, &second).unwrap();
+    assert_eq!(
+        (p.both, p.first_only, p.second_only, p.neither),
+        (1, 2, 1, 1)
+    );
+    assert_eq!(p.first().correct, 3);
+    assert_eq!(p.second().correct, 2);
+    assert!(Paired::of(&first, &second[..4]).is_none());
+    // Uncorrelated-looking tables (ad − bc ≤ n/2) get no credit: exactly the independent form.
+    let q = Paired {
+        both: 5,
+        first_only: 5,
+        second_only: 5,
+        neither: 5,
+    };
+    assert_eq!(q.difference95(), q.first().difference95(&q.second()));
 }

@@ -15,6 +15,7 @@ fn config(total_steps: usize) -> TrainConfig {
         objective: LnDpo {
             beta: 2.0,
             gamma: 0.5,
+            nll: 0.0,
         },
         schedule: Schedule {
             peak_lr: 3e-3,

@@ -38,6 +38,9 @@ pub struct Args {
     /// Samples per training prompt.
     #[arg(long)]
     pub samples: Option<usize>,
+    /// Sampling temperature of self-generation.
+    #[arg(long)]
+    pub temperature: Option<f32>,
     /// Online rounds.
     #[arg(long)]
     pub rounds: Option<usize>,
@@ -50,9 +53,19 @@ pub struct Args {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// LN-DPO's scale β of the length-normalised log-likelihood difference.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// LN-DPO's target margin γ.
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Weight of the helpful response's negative log-likelihood added to LN-DPO's loss.
+    #[arg(long)]
+    pub nll: Option<f64>,
     /// Methods to store the deltas with, comma-separated: SkillZip grids (X8A8B8, X8A4B4,
     /// X4A4B8, X4A4B4), ablations (a grid with -nomerge, -nosmooth and/or -norotate) and
-    /// baselines (bitdelta, svd16, asvd, deltacome).
+    /// baselines (bitdelta, svd16, asvd, deltacome); `none` evaluates only the base model and
+    /// the fine-tunes (a study of the training stage alone).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// No learned router (by default, with two skills or more, it is trained and the first
@@ -122,12 +135,27 @@ pub fn config(a: &Args) -> CliResult<WeaveConfig> {
     set(&mut cfg.steps_per_round, a.steps);
     set(&mut cfg.pairs_per_step, a.pairs_per_step);
     set(&mut cfg.rank, a.rank);
+    let objective = &mut cfg.train.objective;
+    for (slot, value) in [
+        (&mut objective.beta, a.beta),
+        (&mut objective.gamma, a.gamma),
+        (&mut objective.nll, a.nll),
+    ] {
+        if let Some(v) = value {
+            *slot = v;
+        }
+    }
+    if let Some(t) = a.temperature {
+        cfg.selfgen.temperature = t;
+    }
     if let Some(lr) = a.lr {
         cfg.train.schedule.peak_lr = lr;
         cfg.train.schedule.min_lr = lr / 10.0;
     }
-    if !a.methods.is_empty() {
-        cfg.methods = a.methods.clone();
+    match a.methods.as_slice() {
+        [] => {}
+        [none] if none == "none" => cfg.methods.clear(),
+        methods => cfg.methods = methods.to_vec(),
     }
     if a.no_router {
         cfg.router = false;
@@ -163,11 +191,12 @@ pub fn run(a: Args, quiet: bool) -> CliResult<()> {
         }
         Event::Step(s) => {
             let line = format!(
-                "  step {:>3}: loss {:.4}, pair accuracy {:.2}, margin {:+.4}, |g| {:.3}, lr {:.2e}",
+                "  step {:>3}: loss {:.4}, pair accuracy {:.2}, margin {:+.4}, helpful logp {:.3}, |g| {:.3}, lr {:.2e}",
                 s.step + 1,
                 s.loss,
                 s.accuracy,
                 s.margin,
+                s.chosen_logp,
                 s.optimizer.grad_norm,
                 s.optimizer.lr
             );

@@ -13,9 +13,9 @@
 //! | `mc` | two options | three options | four options | four options, multi-step reasoning |
 //! | `code` | one-line functions | loops over lists and strings | conditions and string logic | small algorithms |
 //!
-//! Every prompt tells the model its answer format ("End with "The answer is N."", "Reply with
-//! "Answer:" and the letter", "in a ```python code block") and is short, because generation runs
-//! on a CPU.
+//! Every prompt tells the model its answer format ("then write "The answer is" followed by the
+//! result", "Reply with "Answer:" and the letter", "in a ```python code block") and is short,
+//! because generation runs on a CPU.
 //!
 //! ## Train / held-out disjointness
 //!
@@ -706,10 +706,13 @@ const ITEMS: [(&str, &str); 5] = [
 ];
 
 /// The answer format every math prompt ends with. SmolLM2-135M answers "Explain briefly,
-/// then end with …" by stating a number first and computing after; asked to solve step by
-/// step it computes first (level 1: 28 % instead of 12.5 % of held-out tasks, greedy).
-pub const MATH_FORMAT: &str =
-    "Solve it step by step, then write \"The answer is N.\" on the last line.";
+/// then end with …" by stating a number first and computing after; asked to "solve it step by
+/// step, then write "The answer is N."" it rambles past its token budget and often copies the
+/// placeholder ("The answer is N."). Shown one calculation as an example it writes its own
+/// and then the sentence (level 1, 48 held-out tasks, greedy: 38 of 48 answers state "The
+/// answer is" and a number, against 10 of 48 with the step-by-step wording, at 27 % vs 25 %
+/// correct; its answers are also 22 % shorter).
+pub const MATH_FORMAT: &str = "Answer with one calculation, such as \"4 + 3 = 7\", then write \"The answer is\" followed by the result.";
 
 /// A math problem: template number, the numbers that make it this problem, text and answer.
 struct MathProblem {

@@ -6,9 +6,11 @@
 //! - **Number**: the answer is extracted as lm-evaluation-harness does for GSM8K, either
 //!   *strictly* ([`extract_strict`]: the number after the first "The answer is" or "####") or
 //!   *flexibly* ([`extract_flexible`]: the last number anywhere), then compared numerically.
-//!   [`verify`] is flexible: a 135M model often answers right without the requested closing
-//!   sentence, and a strict default would leave it nothing to learn from; reports can run
-//!   [`verify_with`] both ways.
+//!   [`verify`] takes the stated answer when there is one and the last number otherwise
+//!   ([`MathExtraction::StatedOrLast`]): a 135M model often answers right without the
+//!   requested closing sentence, and a strict default would leave it nothing to learn from;
+//!   but when it does state "The answer is 14." and rambles on to "the 4th step", its answer
+//!   is 14, not 4. Reports can run [`verify_with`] each way.
 //! - **Constraints**: every [`Constraint`] must hold ([`Constraint::check`]); the definitions
 //!   follow IFEval's where it has one.
 //! - **Choice**: the response must name exactly one option letter ([`extract_choice`]) and it
@@ -57,14 +59,16 @@ pub enum MathExtraction {
     /// Only the number right after "The answer is" or "####" ([`extract_strict`]).
     Strict,
     /// The last number in the response ([`extract_flexible`]).
-    #[default]
     Flexible,
+    /// The strict answer when the response states one, else the last number.
+    #[default]
+    StatedOrLast,
 }
 
 /// Options of [`verify_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VerifyOptions {
-    /// How math answers are extracted (flexible by default).
+    /// How math answers are extracted (the stated answer, else the last number, by default).
     pub math: MathExtraction,
 }
 
@@ -200,11 +204,14 @@ fn verify_number(answer: i64, response: &str, extraction: MathExtraction) -> Ver
     let found = match extraction {
         MathExtraction::Strict => extract_strict(response),
         MathExtraction::Flexible => extract_flexible(response),
+        MathExtraction::StatedOrLast => {
+            extract_strict(response).or_else(|| extract_flexible(response))
+        }
     };
     match found {
         None => Verdict::harmful(match extraction {
             MathExtraction::Strict => "no \"The answer is N\" found",
-            MathExtraction::Flexible => "no number found",
+            MathExtraction::Flexible | MathExtraction::StatedOrLast => "no number found",
         }),
         Some(found) if same_number(&found, answer) => {
             Verdict::helpful(format!("answer {answer} matches"))

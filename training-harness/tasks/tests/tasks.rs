@@ -267,7 +267,9 @@ fn prompts_are_short_and_state_the_answer_format() {
                 // About 80 tokens: English runs at ~1.3 tokens a word.
                 assert!(words <= 65, "{}: {words} words: {}", task.id, task.prompt);
                 let format_stated = match domain {
-                    Domain::Math => task.prompt.contains("\"The answer is N.\""),
+                    Domain::Math => task
+                        .prompt
+                        .contains("\"The answer is\" followed by the result"),
                     Domain::Choice => task.prompt.contains("\"Answer:\""),
                     Domain::Code => task.prompt.contains("```python"),
                     Domain::Instructions => task.prompt.starts_with("Write "),

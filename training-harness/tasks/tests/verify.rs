@@ -103,8 +103,18 @@ fn math_verdicts_compare_numbers_and_explain() {
     let v = verify_with(&number_task(8), bare, None, &STRICT);
     assert!(!v.helpful);
     assert_eq!(v.reason, "no \"The answer is N\" found");
-    // Verify's default is flexible.
+    // Verify's default takes the last number when no answer is stated …
     assert!(verify(&number_task(8), bare, None).helpful);
+    // … and the stated answer when there is one, whatever numbers follow it.
+    let rambling = "8 + 6 = 14.\nThe answer is 14.\n\nThat is the result of the 4th step.";
+    assert!(verify(&number_task(14), rambling, None).helpful);
+    assert!(!verify(&number_task(4), rambling, None).helpful);
+    assert!(verify_with(&number_task(4), rambling, None, &FLEXIBLE).helpful);
+    let v = verify(&number_task(5), "The answer is 6. Or 5.", None);
+    assert_eq!(
+        (v.helpful, v.reason.as_str()),
+        (false, "expected 5, found 6")
+    );
 
     let v = verify(&number_task(8), "I am not sure.", None);
     assert_eq!((v.helpful, v.reason.as_str()), (false, "no number found"));
