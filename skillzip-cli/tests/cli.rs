@@ -397,3 +397,53 @@ fn weave_refuses_bad_methods_and_a_run_made_with_other_settings() {
     let e = err(&["--rounds", "3"]);
     assert!(e.contains("none.gguf"), "{e}");
 }
+
+#[test]
+fn weave_flags_reach_the_run_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.gguf").display().to_string();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let run = out.display().to_string();
+        let mut args = vec!["weave", "--quick", "--base", &missing, "--out", &run];
+        args.extend(extra);
+        let o = skillzip(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        (out, String::from_utf8_lossy(&o.stderr).trim().to_string())
+    };
+    let (out, e) = run(
+        "set",
+        &[
+            "--methods",
+            "none",
+            "--nll",
+            "0.5",
+            "--beta",
+            "3",
+            "--gamma",
+            "0.25",
+            "--temperature",
+            "0.7",
+        ],
+    );
+    // Valid settings are written before the (missing) base model is opened.
+    assert!(e.contains("none.gguf"), "{e}");
+    let cfg: skillzip_harness::weave::WeaveConfig =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.methods.is_empty(), "--methods none: {:?}", cfg.methods);
+    let o = cfg.train.objective;
+    assert_eq!((o.nll, o.beta, o.gamma), (0.5, 3.0, 0.25));
+    assert_eq!(cfg.selfgen.temperature, 0.7);
+    // Impossible values are refused in one line, and nothing is written.
+    for (flag, value, named) in [
+        ("--temperature", "0", "temperature"),
+        ("--beta", "0", "β"),
+        ("--nll", "-1", "likelihood"),
+    ] {
+        // `--flag=value`, so that a negative value is not read as a flag.
+        let (out, e) = run(&format!("bad{flag}"), &[&format!("{flag}={value}")]);
+        assert!(e.contains(named), "{flag} {value}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(!out.exists(), "{flag} {value}: nothing written");
+    }
+}
