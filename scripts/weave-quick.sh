@@ -12,16 +12,21 @@
 #   4. print the table (also in OUT/results.md; every artifact is under OUT).
 #
 # usage: scripts/weave-quick.sh [OUT_DIR] [extra `skillzip weave` flags]
-#        (default target/weave-quick; about 15 min on 2 cores once built; a killed run
+#        (OUT_DIR is the first argument unless it starts with '-')
+#        (default target/weave-quick; about 11 min on 2 cores once built; a killed run
 #        continues where it stopped when started again with the same settings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-target/weave-quick}"
-shift || true
+OUT=target/weave-quick
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    OUT="$1"
+    shift
+fi
 
 GGUF="$(scripts/fetch-smollm2.sh)"
 echo "== model: $GGUF" >&2
 cargo build --release -p skillzip-cli >&2
 TIME=()
 if [ -x /usr/bin/time ]; then TIME=(/usr/bin/time -f "== wall %e s, peak RSS %M KiB"); fi
-"${TIME[@]}" target/release/skillzip weave --quick --base "$GGUF" --out "$OUT" "$@"
+# `${TIME[@]+...}`: an empty array is an unbound variable under `set -u` in bash < 4.4.
+${TIME[@]+"${TIME[@]}"} target/release/skillzip weave --quick --base "$GGUF" --out "$OUT" "$@"

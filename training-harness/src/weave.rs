@@ -9,7 +9,8 @@
 //! ```text
 //! run/
 //!   config.json                 the settings of the run
-//!   <skill>/train/              trainer checkpoints (resumable), rounds' samples (JSONL)
+//!   base.json                   the base model's fingerprint
+//!   <skill>/train/              trainer checkpoints (resumable), rounds' samples (JSON)
 //!   <skill>/model/              the fine-tuned checkpoint (f32 safetensors)
 //!   <skill>.calib               calibration statistics
 //!   bundle-<method>/            manifest, backbone delta, skillpacks (and the router)
@@ -25,8 +26,10 @@
 //!
 //! Every stage's output is written atomically and reused when present, and training resumes
 //! from its last checkpoint, so a killed run continues where it stopped. A run directory
-//! remembers its settings: continuing it with different ones is refused
-//! ([`Error::RunMismatch`]), since its artifacts would silently belong to other settings.
+//! remembers its settings and its base model: continuing it with different settings or
+//! another base model is refused ([`Error::RunMismatch`]), since its artifacts would silently
+//! belong to others. (What it cannot pin is the code: tasks, prompts and verifiers of another
+//! version of this crate are not detected; use a fresh directory after upgrading.)
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -302,6 +305,12 @@ impl WeaveConfig {
         if self.train_prompts < self.rounds || self.heldout_prompts == 0 {
             return bad("each round needs training prompts, and evaluation held-out ones".into());
         }
+        if self.selfgen.max_pairs_per_prompt == 0 {
+            return bad("at most 0 pairs per prompt would train nothing".into());
+        }
+        if !self.methods.is_empty() && self.calibration_prompts == 0 {
+            return bad("compressing needs calibration prompts".into());
+        }
         let mut seen = std::collections::BTreeSet::new();
         for m in &self.methods {
             Method::parse(m, self.rank)?;
@@ -337,10 +346,11 @@ impl WeaveConfig {
         if !(lr.peak_lr.is_finite()
             && lr.peak_lr > 0.0
             && lr.min_lr.is_finite()
-            && lr.min_lr >= 0.0)
+            && lr.min_lr >= 0.0
+            && lr.min_lr <= lr.peak_lr)
         {
             return bad(format!(
-                "the learning rate must be finite and positive (got {} → {})",
+                "the learning rate must be finite and positive, and decay (got {} → {})",
                 lr.peak_lr, lr.min_lr
             ));
         }
@@ -424,6 +434,24 @@ pub struct RouterSummary {
     pub routes: Vec<Vec<usize>>,
 }
 
+impl RouterSummary {
+    /// Whether this summary has the shape of a run with these skills' tasks: a per-skill
+    /// accuracy, a `k × k` confusion matrix and one route below `k` per held-out task. A
+    /// reused `router-report.json` that does not fit is computed again, not indexed.
+    fn fits(&self, tasks: &[(Vec<Task>, Vec<Task>)]) -> bool {
+        let k = tasks.len();
+        self.per_skill.len() == k
+            && self.confusion.len() == k
+            && self.confusion.iter().all(|row| row.len() == k)
+            && self.routes.len() == k
+            && self
+                .routes
+                .iter()
+                .zip(tasks)
+                .all(|(r, (_, held))| r.len() == held.len() && r.iter().all(|&to| to < k))
+    }
+}
+
 /// The run's results.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WeaveReport {
@@ -467,6 +495,17 @@ fn skill_tasks(spec: &SkillSpec, cfg: &WeaveConfig) -> Result<(Vec<Task>, Vec<Ta
             }
             train.truncate(cfg.train_prompts);
             held.truncate(cfg.heldout_prompts);
+            if held.is_empty() || train.len() < cfg.rounds {
+                return Err(Error::InvalidInput(format!(
+                    "{}: {} training and {} held-out tasks (every fifth is held out); {} \
+                     needs at least one held-out task and one training task per round ({})",
+                    path.display(),
+                    train.len(),
+                    held.len(),
+                    spec.name,
+                    cfg.rounds
+                )));
+            }
             Ok((train, held))
         }
         None => Ok((
@@ -606,11 +645,16 @@ impl Context<'_> {
             "{config} on {skill}: reused {}",
             self.eval_path(config, skill).display()
         )));
+        // Counted again from the answers: the stored summary is not trusted.
+        let outcomes: Vec<bool> = done.answers.iter().map(|a| a.helpful).collect();
         Some(Cell {
             config: config.into(),
             skill: skill.into(),
-            accuracy: done.accuracy,
-            outcomes: done.answers.iter().map(|a| a.helpful).collect(),
+            accuracy: Accuracy {
+                correct: outcomes.iter().filter(|&&h| h).count(),
+                total: outcomes.len(),
+            },
+            outcomes,
         })
     }
 
@@ -811,12 +855,16 @@ fn check_run_dir(run: &Path, cfg: &WeaveConfig) -> Result<()> {
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(());
     };
-    let old: serde_json::Value = serde_json::from_slice(&bytes)
+    let old: WeaveConfig = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(&path, format!("not a weave configuration: {e}")))?;
-    // Both sides through the same text form, so floats compare as written.
-    let new: serde_json::Value = serde_json::to_vec(cfg)
-        .and_then(|b| serde_json::from_slice(&b))
-        .map_err(|e| Error::InvalidInput(format!("configuration: {e}")))?;
+    // Both sides through the same text form, so floats compare as written and a setting
+    // added since the directory was made compares at its default.
+    let as_value = |c: &WeaveConfig| -> Result<serde_json::Value> {
+        serde_json::to_vec(c)
+            .and_then(|b| serde_json::from_slice(&b))
+            .map_err(|e| Error::InvalidInput(format!("configuration: {e}")))
+    };
+    let (old, new) = (as_value(&old)?, as_value(cfg)?);
     const FREE: [&str; 3] = ["methods", "eval_batch", "router"];
     let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
         return Err(Error::corrupt(&path, "not a weave configuration"));
@@ -840,6 +888,57 @@ fn check_run_dir(run: &Path, cfg: &WeaveConfig) -> Result<()> {
     }
 }
 
+/// The base model's fingerprint: [`skillzip_format::digest::BackboneHasher`] over every
+/// tensor of the checkpoint as f32, read one tensor at a time. Two checkpoints with the same
+/// values have the same fingerprint, whatever their file format.
+fn base_fingerprint(base: &Checkpoint) -> Result<String> {
+    let mut hasher = skillzip_format::digest::BackboneHasher::new();
+    for (name, shape, _) in tensor_specs(base.config()) {
+        if !base.contains(&name) {
+            continue;
+        }
+        let t = base.load_expected(&name, &shape)?;
+        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.add(&name, "F32", &t.shape, &bytes)?;
+    }
+    Ok(hasher.finish())
+}
+
+/// The base model a run directory was made from (`base.json`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BaseRecord {
+    /// Where it was read from (informative: the same model may move).
+    source: String,
+    /// [`base_fingerprint`].
+    fingerprint: String,
+}
+
+/// Refuses to continue a run directory made from another base model: its fine-tunes,
+/// evaluations, calibrations and bundles all belong to that model. A directory without a
+/// record gets one.
+fn check_base(run: &Path, base: &Checkpoint) -> Result<()> {
+    let path = run.join("base.json");
+    let fingerprint = base_fingerprint(base)?;
+    if let Ok(bytes) = std::fs::read(&path) {
+        let old: BaseRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(&path, format!("not a base-model record: {e}")))?;
+        if old.fingerprint != fingerprint {
+            return Err(Error::RunMismatch {
+                dir: run.to_path_buf(),
+                fields: vec![format!("base model: made from {}", old.source)],
+            });
+        }
+        return Ok(());
+    }
+    write_json(
+        &path,
+        &BaseRecord {
+            source: base.label().to_string(),
+            fingerprint,
+        },
+    )
+}
+
 /// Trains the router on the base model's features of every skill's training prompts (reused
 /// from `router.json`) and routes the held-out prompts (reused from `router-report.json`).
 fn route(
@@ -851,6 +950,7 @@ fn route(
     let report_path = ctx.run.join("router-report.json");
     if let Ok(bytes) = std::fs::read(&report_path)
         && let Ok(summary) = serde_json::from_slice::<RouterSummary>(&bytes)
+        && summary.fits(tasks)
     {
         on(Event::Note(format!(
             "router: reused {}",
@@ -877,7 +977,10 @@ fn route(
         };
     let router_path = ctx.run.join("router.json");
     let (router, train_prompts) = match Router::load(&router_path) {
-        Ok(r) if r.skills().iter().eq(ctx.cfg.skills.iter().map(|s| &s.name)) => {
+        Ok(r)
+            if r.skills().iter().eq(ctx.cfg.skills.iter().map(|s| &s.name))
+                && r.dim() == base.config().hidden_size =>
+        {
             let n = tasks.iter().map(|t| t.0.len()).sum();
             (r, n)
         }
@@ -1015,9 +1118,9 @@ fn compress_bundle(
 }
 
 /// Held-out accuracy with routed skillpacks: each task runs with the skillpack the router
-/// picked. Tasks routed to their own skill keep the oracle evaluation's answer (greedy
-/// decoding of one task does not depend on its batch), the others are answered again with
-/// the skillpack they were routed to.
+/// picked. Tasks routed to their own skill keep the oracle evaluation's answer (the same
+/// greedy decoding; a different batch could change it only through f32 rounding), the others
+/// are answered again with the skillpack they were routed to.
 #[allow(clippy::too_many_arguments)]
 fn evaluate_routed(
     ctx: &Context<'_>,
@@ -1116,6 +1219,7 @@ pub fn weave(
         clock = Instant::now();
     };
     let base = Checkpoint::open(base_path)?;
+    check_base(run, &base)?;
     let tok = Tokenizer::of_checkpoint(&base)?;
     report.linear_params = linear_params(&base);
     let needs_sandbox = cfg.skills.iter().any(|s| s.domain == Domain::Code);
@@ -1383,8 +1487,8 @@ pub fn results_table(cfg: &WeaveConfig, report: &WeaveReport) -> String {
                     "{:.0}%",
                     100.0 * (x.rate() - b.rate()) / (t.rate() - b.rate())
                 ),
-                (_, _, None) => "–".into(),
-                _ => "no gain".into(),
+                (Some(_), Some(_), Some(_)) => "no gain".into(),
+                _ => "–".into(),
             };
             out.push_str(&format!(" {kept} |"));
         }
@@ -1440,8 +1544,11 @@ pub fn results_table(cfg: &WeaveConfig, report: &WeaveReport) -> String {
         let names: Vec<String> = cfg.skills.iter().map(|s| format!("→ {}", s.name)).collect();
         header(&mut out, &["skill", "routed to own"], &names);
         for (k, s) in cfg.skills.iter().enumerate() {
-            out.push_str(&format!("| {} | {} |", s.name, r.per_skill[k]));
-            for count in &r.confusion[k] {
+            match r.per_skill.get(k) {
+                Some(a) => out.push_str(&format!("| {} | {a} |", s.name)),
+                None => out.push_str(&format!("| {} | – |", s.name)),
+            }
+            for count in r.confusion.get(k).into_iter().flatten() {
                 out.push_str(&format!(" {count} |"));
             }
             out.push('\n');

@@ -177,6 +177,41 @@ fn a_tiny_run_writes_every_artifact_and_resumes_by_reusing_them() {
         2,
         "the refused settings were not recorded"
     );
+
+    // A directory written before a setting existed continues when the setting keeps its
+    // default (here the likelihood weight, added after the first runs).
+    let mut old: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    old["train"]["objective"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nll")
+        .unwrap();
+    std::fs::write(run.join("config.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    weave(&base, &run, &cfg, &mut |_| {}).unwrap();
+
+    // Another base model (same shapes, other values) is refused: every artifact is its own.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(other_dir.join("base")).unwrap();
+    let other_model = tiny_model(42, 20.0);
+    save_tensors(
+        &other_dir.join("base"),
+        other_model.config(),
+        other_model.parameters(),
+        SaveOptions::default(),
+    )
+    .unwrap();
+    chat_tokenizer(&other_dir.join("base"));
+    match weave(
+        &other_dir.join("base/model.safetensors"),
+        &run,
+        &cfg,
+        &mut |_| {},
+    ) {
+        Err(Error::RunMismatch { fields, .. }) => {
+            assert!(fields[0].starts_with("base model"), "{fields:?}")
+        }
+        r => panic!("a run was continued on another base model: {r:?}"),
+    }
 }
 
 /// Two skills: the shared component, the router, an ablation and the baselines.
@@ -288,6 +323,17 @@ fn two_skills_get_a_router_ablations_and_baselines() {
     std::fs::remove_dir_all(run.join("eval/X8A8B8+router")).unwrap();
     let mut events = Vec::new();
     let again = weave(&base, &run, &cfg, &mut |e| events.push(e)).unwrap();
+    // A report that does not fit the run (a route per task, below the skill count) is
+    // computed again, never indexed.
+    let mut short = router.clone();
+    short.routes[1].pop();
+    short.confusion.pop();
+    let report_path = run.join("router-report.json");
+    let saved = std::fs::read(&report_path).unwrap();
+    std::fs::write(&report_path, serde_json::to_vec(&short).unwrap()).unwrap();
+    let recomputed = weave(&base, &run, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(recomputed.router.as_ref(), Some(router));
+    std::fs::write(&report_path, saved).unwrap();
     for to in ["lower", "digits"] {
         let stage = format!("3 tasks routed to {to}");
         assert!(
