@@ -58,11 +58,19 @@ pub enum Logits {
 /// `left_pad[b]` filler tokens that no real position attends to. RoPE scores depend only on
 /// the distance between positions, so a padded row computes what it would alone (to f32
 /// rounding).
+///
+/// A *continuous* cache ([`KvCache::continuous`], a server's batch) also numbers each row's
+/// positions from its own first real token, so rows can join ([`KvCache::join`]) and leave
+/// ([`KvCache::retain_rows`]) while the others decode: a joining row is left-padded to the
+/// batch's length (or the batch to the row's) with filler that no position attends to, and
+/// filler every row has in common is dropped again.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
     left_pad: Option<Vec<usize>>,
+    /// Row `b`'s token at slot `s` sits at position `s − left_pad[b]` (not `s`).
+    row_positions: bool,
 }
 
 impl KvCache {
@@ -79,7 +87,23 @@ impl KvCache {
         }
     }
 
-    /// Positions cached.
+    /// An empty continuous-batching cache: no rows until [`KvCache::join`] adds prefilled
+    /// ones.
+    pub fn continuous() -> Self {
+        Self::with_row_padding(Vec::new())
+    }
+
+    /// An empty cache for a left-padded batch whose rows number their positions from their
+    /// own first real token (the prefill of several rows that will join a continuous cache).
+    pub fn with_row_padding(left_pad: Vec<usize>) -> Self {
+        Self {
+            left_pad: Some(left_pad),
+            row_positions: true,
+            ..Self::default()
+        }
+    }
+
+    /// Positions cached (slots: the longest row's length, filler included).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -122,8 +146,126 @@ impl KvCache {
                 .map(|&r| pad.get(r).copied().unwrap_or(0))
                 .collect();
         }
+        if self.row_positions {
+            self.trim()?;
+        }
         Ok(())
     }
+
+    /// Batch rows held: `None` for an unpadded cache (its rows are those of its first call).
+    pub fn rows(&self) -> Option<usize> {
+        self.left_pad.as_ref().map(Vec::len)
+    }
+
+    /// Adds the rows of `other` (prefilled alone or as a [`KvCache::with_row_padding`] batch)
+    /// after this continuous cache's rows; the shorter side is left-padded to the longer.
+    /// Row `r` of `other` becomes row `rows + r`. On error this cache is unchanged.
+    pub fn join(&mut self, other: KvCache) -> Result<()> {
+        if !self.row_positions {
+            return Err(Error::InvalidInput(
+                "only a continuous cache (KvCache::continuous) takes joining rows".into(),
+            ));
+        }
+        let incoming = other.batch_rows()?;
+        let other_pad = match (&other.left_pad, other.row_positions) {
+            (None, _) => vec![0; incoming],
+            (Some(pad), true) => pad.clone(),
+            // Keys of a shared-position padded batch were rotated at slot positions, which a
+            // continuous cache would read as positions shifted by the row's padding.
+            (Some(pad), false) if pad.iter().all(|&p| p == 0) => pad.clone(),
+            (Some(_), false) => {
+                return Err(Error::InvalidInput(
+                    "a left-padded cache joins a continuous one only if made by \
+                     KvCache::with_row_padding"
+                        .into(),
+                ));
+            }
+        };
+        let mine = self.left_pad.clone().unwrap_or_default();
+        if mine.is_empty() {
+            *self = KvCache {
+                left_pad: Some(other_pad),
+                row_positions: true,
+                ..other
+            };
+            return self.trim();
+        }
+        if other.layers.len() != self.layers.len() {
+            return Err(Error::InvalidInput(format!(
+                "a cache of {} blocks cannot join one of {}",
+                other.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let len = self.len.max(other.len);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (a, b) in self.layers.iter().zip(&other.layers) {
+            let (Some((ak, av)), Some((bk, bv))) = (a, b) else {
+                return Err(Error::InvalidInput("a cache block holds no keys".into()));
+            };
+            let k = Tensor::cat(
+                &[
+                    &pad_slots(ak, len - self.len)?,
+                    &pad_slots(bk, len - other.len)?,
+                ],
+                0,
+            )?;
+            let v = Tensor::cat(
+                &[
+                    &pad_slots(av, len - self.len)?,
+                    &pad_slots(bv, len - other.len)?,
+                ],
+                0,
+            )?;
+            layers.push(Some((k.contiguous()?, v.contiguous()?)));
+        }
+        let mut pads: Vec<usize> = mine.iter().map(|p| p + len - self.len).collect();
+        pads.extend(other_pad.iter().map(|p| p + len - other.len));
+        self.layers = layers;
+        self.len = len;
+        self.left_pad = Some(pads);
+        self.trim()
+    }
+
+    /// Rows of a cache that has run at least once.
+    fn batch_rows(&self) -> Result<usize> {
+        match self.layers.first() {
+            Some(Some((k, _))) if self.len > 0 => Ok(k.dim(0)?),
+            _ => Err(Error::InvalidInput(
+                "an empty cache has no rows to join".into(),
+            )),
+        }
+    }
+
+    /// Drops the filler slots that every row starts with (a continuous cache only: its
+    /// positions do not move with the slots).
+    fn trim(&mut self) -> Result<()> {
+        let Some(pads) = &mut self.left_pad else {
+            return Ok(());
+        };
+        let common = pads.iter().copied().min().unwrap_or(0).min(self.len);
+        if common == 0 {
+            return Ok(());
+        }
+        // Contiguous copies: the attention GEMMs refuse a strided view of the slots.
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, common, self.len - common)?.contiguous()?;
+            *v = v.narrow(2, common, self.len - common)?.contiguous()?;
+        }
+        pads.iter_mut().for_each(|p| *p -= common);
+        self.len -= common;
+        Ok(())
+    }
+}
+
+/// `n` zero slots (filler no position attends to) before a cached `[batch, heads, slots, hd]`.
+fn pad_slots(t: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 0 {
+        return Ok(t.clone());
+    }
+    let (b, h, _, hd) = t.dims4()?;
+    let zeros = Tensor::zeros((b, h, n, hd), t.dtype(), t.device())?;
+    Ok(Tensor::cat(&[&zeros, t], 2)?)
 }
 
 /// One decoder block's weights. Loadable alone ([`Block::load`]) so that a model too large
@@ -164,6 +306,28 @@ impl Positions {
             cos: cos.narrow(0, past, tokens)?,
             sin: sin.narrow(0, past, tokens)?,
             mask: causal_mask(tokens, past, left_pad)?,
+        })
+    }
+
+    /// Tables for a left-padded batch whose row `b` numbers its positions from its first real
+    /// token: slot `past + i` is position `past + i − left_pad[b]` (filler: position 0).
+    pub fn per_row(
+        config: &LlamaConfig,
+        past: usize,
+        tokens: usize,
+        left_pad: &[usize],
+    ) -> Result<Self> {
+        let (cos, sin) = rope_tables(config, past + tokens)?;
+        let positions: Vec<u32> = left_pad
+            .iter()
+            .flat_map(|&pad| (past..past + tokens).map(move |s| s.saturating_sub(pad) as u32))
+            .collect();
+        let index = Tensor::from_vec(positions, left_pad.len() * tokens, &Device::Cpu)?;
+        let rows = (left_pad.len(), 1, tokens, config.head_dim());
+        Ok(Self {
+            cos: cos.index_select(&index, 0)?.reshape(rows)?,
+            sin: sin.index_select(&index, 0)?.reshape(rows)?,
+            mask: causal_mask(tokens, past, Some(left_pad))?,
         })
     }
 }
@@ -400,6 +564,7 @@ impl Llama {
         let (batch, tokens) = ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len);
         let left_pad = cache.as_ref().and_then(|c| c.left_pad.clone());
+        let row_positions = cache.as_ref().is_some_and(|c| c.row_positions);
         if let Some(pad) = &left_pad
             && pad.len() != batch
         {
@@ -426,7 +591,10 @@ impl Llama {
             )));
         }
         let mut x = self.embed(ids)?;
-        let pos = Positions::padded(&self.config, past, tokens, left_pad.as_deref())?;
+        let pos = match &left_pad {
+            Some(pad) if row_positions => Positions::per_row(&self.config, past, tokens, pad)?,
+            _ => Positions::padded(&self.config, past, tokens, left_pad.as_deref())?,
+        };
         let mut cache = cache;
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.blocks.len()
