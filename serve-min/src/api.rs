@@ -26,6 +26,8 @@ pub const DEFAULT_CHAT_TOKENS: usize = 256;
 pub enum Prompt {
     /// Raw text (`/v1/completions`).
     Text(String),
+    /// Token ids (`/v1/completions`; a load generator's exact prompt lengths).
+    Tokens(Vec<u32>),
     /// A conversation rendered with the model's chat template (`/v1/chat/completions`).
     Chat(Vec<Message>),
 }
@@ -49,6 +51,9 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Server-sent events instead of one JSON body.
     pub stream: bool,
+    /// Generate through end-of-sequence tokens (vLLM's extension; load generators use it for
+    /// exact generation lengths).
+    pub ignore_eos: bool,
 }
 
 /// Parses a `/v1/completions` body.
@@ -59,10 +64,18 @@ pub fn parse_completion(body: &[u8]) -> Result<GenerationRequest, ApiError> {
         Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
             items[0].as_str().unwrap_or_default().to_string()
         }
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_number) => {
+            let ids = items
+                .iter()
+                .map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(|| invalid("prompt", "token ids must be integers in 0..2^32"))?;
+            return common(&fields, Prompt::Tokens(ids));
+        }
         Some(Value::Array(_)) => {
             return Err(ApiError::Unsupported(
-                "`prompt` must be one string (batches of prompts and token arrays are not \
-                 supported: send one request per prompt)"
+                "`prompt` must be one string or one array of token ids (batches of prompts \
+                 are not supported: send one request per prompt)"
                     .into(),
             ));
         }
@@ -200,11 +213,13 @@ fn common(fields: &Map<String, Value>, prompt: Prompt) -> Result<GenerationReque
             ),
         ));
     }
-    let stream = match fields.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream", "must be true or false")),
+    let flag = |name: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(invalid(name, "must be true or false")),
     };
+    let stream = flag("stream")?;
+    let ignore_eos = flag("ignore_eos")?;
     match fields.get("n") {
         None | Some(Value::Null) => {}
         Some(v) if v.as_u64() == Some(1) => {}
@@ -240,6 +255,7 @@ fn common(fields: &Map<String, Value>, prompt: Prompt) -> Result<GenerationReque
         seed,
         stop,
         stream,
+        ignore_eos,
     })
 }
 
@@ -284,6 +300,10 @@ mod tests {
             (Some(5), 0.0, 0.5, Some(7), true)
         );
         assert_eq!(r.stop, ["\n"]);
+        assert!(!r.ignore_eos);
+        let r = completion(r#"{"model": "m", "prompt": [1, 2, 3], "ignore_eos": true}"#).unwrap();
+        assert_eq!(r.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        assert!(r.ignore_eos);
     }
 
     #[test]
@@ -332,6 +352,13 @@ mod tests {
                 r#"{"model": "m", "prompt": "x", "stream": "yes"}"#,
                 "`stream`",
             ),
+            (
+                r#"{"model": "m", "prompt": "x", "ignore_eos": 1}"#,
+                "`ignore_eos`",
+            ),
+            (r#"{"model": "m", "prompt": [1, -2]}"#, "token ids"),
+            (r#"{"model": "m", "prompt": [1, 4294967296]}"#, "token ids"),
+            (r#"{"model": "m", "prompt": [0.5]}"#, "token ids"),
         ];
         for (body, needle) in cases {
             match completion(body) {
@@ -344,6 +371,8 @@ mod tests {
         }
         for body in [
             r#"{"model": "m", "prompt": ["a", "b"]}"#,
+            r#"{"model": "m", "prompt": []}"#,
+            r#"{"model": "m", "prompt": [1, "b"]}"#,
             r#"{"model": "m", "prompt": "x", "n": 2}"#,
             r#"{"model": "m", "prompt": "x", "logprobs": 3}"#,
         ] {

@@ -21,6 +21,7 @@ pub fn check_request_bytes(data: &[u8]) {
                 );
                 match (&r.prompt, chat) {
                     (Prompt::Text(_), false) => {}
+                    (Prompt::Tokens(ids), false) => assert!(!ids.is_empty()),
                     (Prompt::Chat(messages), true) => {
                         assert!(!messages.is_empty());
                         assert!(

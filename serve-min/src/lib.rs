@@ -13,14 +13,17 @@
 //! - [`server`]: the axum routes (`/v1/completions`, `/v1/chat/completions` with SSE
 //!   streaming, `/v1/models`, `/health`, `/metrics`).
 //! - [`load`]: a backbone and its skillpacks from a base checkpoint and a bundle.
+//! - [`bench`]: the load generator (Gamma arrivals, a skill mix, the paper's serving
+//!   statistics).
 //! - [`error`]: [`ApiError`] (what a client sees) and [`Error`] (what stops a start).
 //! - [`fuzzing`]: the check of the `http_body` fuzz target.
 //!
-//! Not yet here (issue 7 continues): `"model": "auto"` routing, the admin endpoint that
-//! hot-loads skillpacks, the load generator and its separate-models baseline.
+//! Not yet here (issue 7 continues): `"model": "auto"` routing and the separate-models
+//! baseline server the load generator compares against.
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod fuzzing;

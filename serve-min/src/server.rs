@@ -367,10 +367,21 @@ fn job_of(
         name if state.skills().iter().any(|s| s == name) => Some(name.to_string()),
         name => return Err(ApiError::UnknownModel(name.to_string())),
     };
-    let text = match &req.prompt {
-        Prompt::Text(t) => t.clone(),
+    let prompt = match &req.prompt {
+        Prompt::Tokens(ids) => {
+            let vocab = state.tokenizer.vocab_size();
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "`prompt`: token id {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
+            ids.clone()
+        }
+        Prompt::Text(text) => encode(&state.tokenizer, text)?,
         Prompt::Chat(messages) => match state.tokenizer.chat_template() {
-            Some(template @ ChatTemplate::ChatMl { .. }) => template.render(messages, true),
+            Some(template @ ChatTemplate::ChatMl { .. }) => {
+                encode(&state.tokenizer, &template.render(messages, true))?
+            }
             None => {
                 return Err(ApiError::Unsupported(
                     "this model has no chat template: use /v1/completions".into(),
@@ -378,10 +389,6 @@ fn job_of(
             }
         },
     };
-    let prompt = state
-        .tokenizer
-        .encode(&text)
-        .map_err(|e| ApiError::InvalidRequest(format!("the prompt cannot be tokenized: {e}")))?;
     if prompt.is_empty() {
         return Err(ApiError::InvalidRequest("the prompt is empty".into()));
     }
@@ -426,11 +433,21 @@ fn job_of(
         skill,
         max_tokens,
         sampling,
-        stop_ids: state.tokenizer.stop_ids(),
+        stop_ids: if req.ignore_eos {
+            Vec::new()
+        } else {
+            state.tokenizer.stop_ids()
+        },
         stop_strings: req.stop.clone(),
         events: tx,
     };
     Ok((job, rx))
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    tokenizer
+        .encode(text)
+        .map_err(|e| ApiError::InvalidRequest(format!("the prompt cannot be tokenized: {e}")))
 }
 
 /// Waits for the whole completion and answers one JSON body.

@@ -285,6 +285,14 @@ fn every_kind_of_bad_request_is_a_4xx_with_a_json_error_body() {
             "empty",
         ),
         (
+            "/v1/completions",
+            json!({"model": "base", "prompt": [5, 259]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "vocabulary",
+        ),
+        (
             "/v1/chat/completions",
             json!({"model": "base", "messages": [{"role": "robot", "content": "x"}]})
                 .to_string()
