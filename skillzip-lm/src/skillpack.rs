@@ -222,7 +222,10 @@ impl SkillpackSet {
     }
 
     /// Sets the skill slot of each batch row for the following forward passes (`None`: the
-    /// backbone alone). Every slot must hold a skillpack.
+    /// backbone alone). Every slot must hold a skillpack. The assignment must have one entry
+    /// per row of the batch those passes run: the hook sees `rows × tokens` input rows and
+    /// splits them evenly, so it refuses a count that does not divide but cannot tell a batch
+    /// of 2 rows of 8 tokens from one of 4 rows of 4.
     pub fn assign_rows(&mut self, rows: &[Option<usize>]) -> Result<()> {
         if let Some((row, slot)) = rows.iter().enumerate().find_map(|(r, s)| {
             s.filter(|&s| self.slots.get(s).is_none_or(Option::is_none))

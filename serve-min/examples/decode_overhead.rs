@@ -1,0 +1,158 @@
+//! What the grouped skillpack path adds to a decode step: the same batch decoded through the
+//! backbone alone and through the backbone plus skillpacks (rows spread round-robin over
+//! them), step for step in alternation, on a real checkpoint.
+//!
+//!     cargo run --release -p serve-min --example decode_overhead -- MODEL.gguf \
+//!         [--skills 5] [--rank 64] [--batches 1,4,16] [--steps 24] [--prompt 64]
+//!
+//! The skillpacks carry random X8A8B8 factors on every linear of every block: the cost of the
+//! path depends on shapes and rank, not on what the factors learned. Prints one markdown row
+//! per batch size: median ms per step with and without skillpacks and the median of the
+//! per-pair ratios.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use skillzip_lm::checkpoint::{Checkpoint, LinearKind};
+use skillzip_lm::model::{KvCache, LinearHook, Llama, Logits, NoHook};
+use skillzip_lm::skillpack::{SkillpackSet, random_skillpack};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("decode_overhead: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Options {
+    model: String,
+    skills: usize,
+    rank: usize,
+    batches: Vec<usize>,
+    steps: usize,
+    prompt: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let mut o = Options {
+        model: String::new(),
+        skills: 5,
+        rank: 64,
+        batches: vec![1, 4, 16],
+        steps: 24,
+        prompt: 64,
+    };
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or(format!("{a} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
+        match a.as_str() {
+            "--skills" => o.skills = number(value()?)?,
+            "--rank" => o.rank = number(value()?)?,
+            "--steps" => o.steps = number(value()?)?,
+            "--prompt" => o.prompt = number(value()?)?,
+            "--batches" => {
+                o.batches = value()?
+                    .split(',')
+                    .map(|b| number(b.to_string()))
+                    .collect::<Result<_, _>>()?
+            }
+            _ if o.model.is_empty() && !a.starts_with('-') => o.model = a,
+            _ => return Err(format!("unexpected argument {a}")),
+        }
+    }
+    if o.model.is_empty() || o.skills == 0 || o.rank == 0 || o.steps == 0 || o.prompt == 0 {
+        return Err(
+            "usage: decode_overhead MODEL [--skills N] [--rank R] [--batches 1,4] \
+                    [--steps N] [--prompt N]"
+                .into(),
+        );
+    }
+    if o.batches.contains(&0) {
+        return Err("batch sizes must be at least 1".into());
+    }
+    Ok(o)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let o = options()?;
+    let ckpt = Checkpoint::open(&o.model)?;
+    let config = ckpt.config().clone();
+    let model = Llama::from_checkpoint(&ckpt)?;
+    let every_linear: Vec<(usize, LinearKind)> = (0..config.num_hidden_layers)
+        .flat_map(|l| LinearKind::ALL.map(|k| (l, k)))
+        .collect();
+    let mut set = SkillpackSet::new(&config);
+    for k in 0..o.skills {
+        let name = format!("skill{k}");
+        let pack = random_skillpack(&name, &config, &every_linear, o.rank, "", k as u64)?;
+        set.insert(&pack)?;
+    }
+    println!(
+        "{} skillpacks of rank {} on all {} linears; prompt {} tokens; {} step pairs; {}",
+        o.skills,
+        o.rank,
+        every_linear.len(),
+        o.prompt,
+        o.steps,
+        o.model
+    );
+    println!("| batch | backbone ms/step | + skillpacks ms/step | ratio (median of pairs) |");
+    println!("|---|---|---|---|");
+    for &batch in &o.batches {
+        let rows: Vec<Option<usize>> = (0..batch).map(|r| Some(r % o.skills)).collect();
+        let mut plain = prefill(&model, &rows, o.prompt, None)?;
+        let mut packed = prefill(&model, &rows, o.prompt, Some(&mut set))?;
+        set.assign_rows(&rows)?;
+        let mut times = (Vec::new(), Vec::new());
+        let next = Tensor::from_vec(vec![42u32; batch], (batch, 1), &Device::Cpu)?;
+        for _ in 0..o.steps {
+            let t = Instant::now();
+            model.forward(&next, Some(&mut plain), Logits::Last, &mut NoHook)?;
+            times.0.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            model.forward(&next, Some(&mut packed), Logits::Last, &mut set)?;
+            times.1.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut ratios: Vec<f64> = times.1.iter().zip(&times.0).map(|(p, b)| p / b).collect();
+        println!(
+            "| {batch} | {:.1} | {:.1} | {:.3} |",
+            median(&mut times.0),
+            median(&mut times.1),
+            median(&mut ratios)
+        );
+    }
+    Ok(())
+}
+
+/// A continuous cache holding one copy of a fixed prompt per row, each prefilled alone
+/// through its row's skillpack (`set`) or the backbone alone.
+fn prefill(
+    model: &Llama,
+    rows: &[Option<usize>],
+    prompt: usize,
+    mut set: Option<&mut SkillpackSet>,
+) -> Result<KvCache, Box<dyn std::error::Error>> {
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 131 + 7) % vocab).collect();
+    let mut cache = KvCache::continuous();
+    for skill in rows {
+        let mut row = KvCache::new();
+        let t = Tensor::from_vec(ids.clone(), (1, prompt), &Device::Cpu)?;
+        let hook: &mut dyn LinearHook = match set.as_deref_mut() {
+            Some(set) => {
+                set.assign_rows(&[*skill])?;
+                set
+            }
+            None => &mut NoHook,
+        };
+        model.forward(&t, Some(&mut row), Logits::Last, hook)?;
+        cache.join(row)?;
+    }
+    Ok(cache)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
