@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use skillzip_format::skillpack::Skillpack;
+use skillzip_harness::router::{Router, token_features};
 use skillzip_lm::generate::{Sampler, Sampling};
 use skillzip_lm::model::{KvCache, Llama, Logits};
 use skillzip_lm::skillpack::SkillpackSet;
@@ -47,7 +48,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// The model the engine runs: the backbone, its tokenizer and the loaded skillpacks.
+/// The model the engine runs: the backbone, its tokenizer, the loaded skillpacks and the
+/// router that picks one for `"model": "auto"`.
 pub struct Backbone {
     /// The decoder (base plus the bundle's shared backbone delta).
     pub model: Llama,
@@ -55,6 +57,19 @@ pub struct Backbone {
     pub tokenizer: Tokenizer,
     /// The skillpacks, each in a slot.
     pub skills: SkillpackSet,
+    /// The learned router over the backbone's hidden states, if the bundle has one.
+    pub router: Option<Router>,
+}
+
+/// Which skillpack a request runs through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkillChoice {
+    /// None: the backbone alone.
+    Base,
+    /// The named skill.
+    Named(String),
+    /// The skill the router picks from the prompt (one extra backbone pass over it).
+    Auto,
 }
 
 /// Why a request finished.
@@ -79,6 +94,8 @@ impl FinishReason {
 /// What the engine tells a request's handler.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The skill the router chose (first event of an `auto` request).
+    Routed(String),
     /// New text (never splits a UTF-8 character or shows part of a stop string).
     Text(String),
     /// The request is complete.
@@ -99,8 +116,8 @@ pub enum Event {
 pub struct Job {
     /// Prompt token ids (non-empty, fits the context with `max_tokens`).
     pub prompt: Vec<u32>,
-    /// The skill (`None`: the backbone alone).
-    pub skill: Option<String>,
+    /// The skillpack to run through.
+    pub skill: SkillChoice,
     /// Most tokens to generate (≥ 1).
     pub max_tokens: usize,
     /// Token choice.
@@ -351,18 +368,13 @@ impl Engine {
         }
         self.stats.admitted.fetch_add(1, Ordering::Relaxed);
         // The skill is looked up now: it may have been unloaded while the request waited.
-        let slot = match &job.skill {
-            None => None,
-            Some(name) => match self.backbone.skills.slot(name) {
-                Some(slot) => Some(slot),
-                None => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    let _ = job
-                        .events
-                        .send(Event::Failed(ApiError::UnknownModel(name.clone())));
-                    return;
-                }
-            },
+        let slot = match self.slot_of(&job) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = job.events.send(Event::Failed(e));
+                return;
+            }
         };
         let prefilled = (|| -> skillzip_lm::Result<(KvCache, Vec<f32>, Sampler)> {
             let sampler = Sampler::new(job.sampling)?;
@@ -413,6 +425,38 @@ impl Engine {
                 Err(e) => self.fail_row(row, &e.to_string()),
             }
         }
+    }
+
+    /// The slot `job` runs through; an `auto` job is routed here (and told where).
+    fn slot_of(&mut self, job: &Job) -> Result<Option<usize>, ApiError> {
+        let name = match &job.skill {
+            SkillChoice::Base => return Ok(None),
+            SkillChoice::Named(name) => name.clone(),
+            SkillChoice::Auto => {
+                let name = self.route(&job.prompt)?;
+                let _ = job.events.send(Event::Routed(name.clone()));
+                name
+            }
+        };
+        self.backbone
+            .skills
+            .slot(&name)
+            .map(Some)
+            .ok_or(ApiError::UnknownModel(name))
+    }
+
+    /// The router's skill for a prompt: its features are the backbone's last hidden states
+    /// (before the final norm) averaged over the prompt's tokens, as the router was trained.
+    fn route(&self, prompt: &[u32]) -> Result<String, ApiError> {
+        let router = self.backbone.router.as_ref().ok_or_else(|| {
+            ApiError::Unsupported("this server has no router: name a skill or base".into())
+        })?;
+        let features = token_features(&self.backbone.model, prompt)
+            .map_err(|e| ApiError::Internal(format!("routing: {e}")))?;
+        let k = router
+            .route(&features)
+            .map_err(|e| ApiError::Internal(format!("routing: {e}")))?;
+        Ok(router.skills()[k].clone())
     }
 
     /// One decode step of the whole batch.

@@ -18,8 +18,10 @@
 //! - [`error`]: [`ApiError`] (what a client sees) and [`Error`] (what stops a start).
 //! - [`fuzzing`]: the check of the `http_body` fuzz target.
 //!
-//! Not yet here (issue 7 continues): `"model": "auto"` routing and the separate-models
-//! baseline server the load generator compares against.
+//! A request's `model` names a skill, `base`, or `auto`: the bundle's learned router picks the
+//! skill from the backbone's hidden states over the prompt (one extra backbone pass, no second
+//! model). Not yet here (issue 7 continues): the separate-models baseline server the load
+//! generator compares against.
 #![deny(missing_docs)]
 
 pub mod api;

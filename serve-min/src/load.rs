@@ -4,6 +4,7 @@ use std::path::Path;
 
 use skillzip_format::BackboneHasher;
 use skillzip_format::bundle::Bundle;
+use skillzip_harness::router::Router;
 use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::model::Llama;
 use skillzip_lm::skillpack::{SkillpackSet, bundle_model};
@@ -23,7 +24,7 @@ pub struct Loaded {
 }
 
 /// The base model plus the bundle's shared backbone delta, with every skillpack of the
-/// bundle loaded. The backbone's weights are hashed and must match the bundle's manifest
+/// bundle loaded and the bundle's router (checked against the model's width and skills). The backbone's weights are hashed and must match the bundle's manifest
 /// (a bundle made from another base is refused); each skillpack is checked against the
 /// manifest by [`Bundle::skillpack`].
 pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
@@ -40,6 +41,7 @@ pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
     }
     let mut skills = SkillpackSet::new(&config);
     let mut names = Vec::new();
+    let mut router = None;
     let (model, backbone_hash) = match bundle {
         Some(dir) => {
             let bundle = Bundle::open(dir)?;
@@ -61,6 +63,24 @@ pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
                 })?;
                 names.push(entry.name.clone());
             }
+            if let Some(bytes) = bundle.router_bytes()? {
+                let label = format!("{}: router", dir.display());
+                let r = Router::from_json_bytes(&bytes)
+                    .map_err(|e| Error::Config(format!("{label}: {e}")))?;
+                if r.dim() != config.hidden_size {
+                    return Err(Error::Config(format!(
+                        "{label}: features of width {}, the model's hidden size is {}",
+                        r.dim(),
+                        config.hidden_size
+                    )));
+                }
+                if let Some(missing) = r.skills().iter().find(|s| !names.contains(s)) {
+                    return Err(Error::Config(format!(
+                        "{label}: routes to skill {missing}, which the bundle does not hold"
+                    )));
+                }
+                router = Some(r);
+            }
             (model, hash)
         }
         None => {
@@ -74,6 +94,7 @@ pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
             model,
             tokenizer,
             skills,
+            router,
         },
         skills: names,
         backbone_hash,

@@ -215,6 +215,7 @@ fn run_server(args: ServeArgs) -> serve_min::Result<()> {
     eprintln!("serve-min: loading {}", base.display());
     let loaded = serve_min::load::backbone(&base, bundle.as_deref())?;
     let backbone = loaded.backbone;
+    let routing = backbone.router.is_some();
     let context = backbone.model.config().max_position_embeddings;
     let tokenizer = backbone.tokenizer.clone();
     let handle = engine::start(
@@ -230,6 +231,7 @@ fn run_server(args: ServeArgs) -> serve_min::Result<()> {
         context,
         backbone_hash: loaded.backbone_hash,
         admin,
+        routing,
         body_timeout,
     };
     let state = Arc::new(ServerState::new(handle, tokenizer, options));

@@ -36,7 +36,7 @@ use crate::api::{
     AUTO_MODEL, BASE_MODEL, DEFAULT_CHAT_TOKENS, DEFAULT_COMPLETION_TOKENS, GenerationRequest,
     Prompt, parse_chat, parse_completion,
 };
-use crate::engine::{EngineHandle, Event, FinishReason, Job};
+use crate::engine::{EngineHandle, Event, FinishReason, Job, SkillChoice};
 use crate::error::ApiError;
 
 /// Largest request body accepted.
@@ -51,6 +51,7 @@ pub struct ServerState {
     context: usize,
     backbone_hash: String,
     admin: bool,
+    routing: bool,
     body_timeout: Duration,
     next_id: AtomicU64,
 }
@@ -66,6 +67,8 @@ pub struct ServerOptions {
     pub backbone_hash: String,
     /// Whether the admin routes exist.
     pub admin: bool,
+    /// Whether the engine has a router (`"model": "auto"`).
+    pub routing: bool,
     /// How long a client may take to send a request body (then 408).
     pub body_timeout: Duration,
 }
@@ -80,6 +83,7 @@ impl ServerState {
             context: options.context,
             backbone_hash: options.backbone_hash,
             admin: options.admin,
+            routing: options.routing,
             body_timeout: options.body_timeout,
             next_id: AtomicU64::new(0),
         }
@@ -197,9 +201,10 @@ async fn unload_skillpack(
 
 async fn models(State(state): State<Arc<ServerState>>) -> Response {
     let created = unix_now();
-    let data: Vec<Value> = std::iter::once(BASE_MODEL)
-        .map(str::to_string)
+    let auto = state.routing.then(|| AUTO_MODEL.to_string());
+    let data: Vec<Value> = std::iter::once(BASE_MODEL.to_string())
         .chain(state.skills())
+        .chain(auto)
         .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "skillzip"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
@@ -356,15 +361,16 @@ fn job_of(
     endpoint: Endpoint,
 ) -> Result<(Job, UnboundedReceiver<Event>), ApiError> {
     let skill = match req.model.as_str() {
-        BASE_MODEL => None,
+        BASE_MODEL => SkillChoice::Base,
+        AUTO_MODEL if state.routing => SkillChoice::Auto,
         AUTO_MODEL => {
             return Err(ApiError::Unsupported(
-                "\"model\": \"auto\" (routing by the learned router) is not implemented yet; \
-                 name a skill or base"
+                "\"model\": \"auto\" needs a router, and this server's bundle has none; name \
+                 a skill or base"
                     .into(),
             ));
         }
-        name if state.skills().iter().any(|s| s == name) => Some(name.to_string()),
+        name if state.skills().iter().any(|s| s == name) => SkillChoice::Named(name.to_string()),
         name => return Err(ApiError::UnknownModel(name.to_string())),
     };
     let prompt = match &req.prompt {
@@ -451,10 +457,11 @@ fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 /// Waits for the whole completion and answers one JSON body.
-async fn whole(envelope: Envelope, mut events: UnboundedReceiver<Event>) -> Response {
+async fn whole(mut envelope: Envelope, mut events: UnboundedReceiver<Event>) -> Response {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
+            Event::Routed(skill) => envelope.model = skill,
             Event::Text(t) => text.push_str(&t),
             Event::Done {
                 finish,
@@ -481,52 +488,56 @@ async fn whole(envelope: Envelope, mut events: UnboundedReceiver<Event>) -> Resp
     ApiError::Internal("the engine dropped the request".into()).into_response()
 }
 
-/// The server-sent events of a streamed completion: one chunk per text delta, a last chunk
-/// with the finish reason and usage, then `[DONE]`.
+/// The server-sent events of a streamed completion: (chat: a first chunk with the role)
+/// one chunk per text delta, a last chunk with the finish reason and usage, then `[DONE]`.
+/// An `auto` request's chunks name the skill the router chose.
 fn sse_stream(
     envelope: Envelope,
     events: UnboundedReceiver<Event>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let first = (envelope.endpoint == Endpoint::Chat).then(|| {
-        let choice = json!({"index": 0, "delta": {"role": "assistant"}, "finish_reason": null});
-        SseEvent::default().data(envelope.with(true, choice, None).to_string())
-    });
-    let body = stream::unfold(Some(events), move |events| {
-        let envelope = envelope.clone();
-        async move {
-            let mut events = events?;
-            let event = match events.recv().await {
-                Some(Event::Text(t)) => {
-                    let choice = delta(&envelope, &t, None);
-                    Some(SseEvent::default().data(envelope.with(true, choice, None).to_string()))
-                }
-                Some(Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                }) => {
-                    let choice = delta(&envelope, "", Some(finish));
-                    let usage = usage(prompt_tokens, completion_tokens);
-                    let last = envelope.with(true, choice, Some(usage)).to_string();
-                    return Some((
-                        stream::iter(vec![
-                            SseEvent::default().data(last),
-                            SseEvent::default().data("[DONE]"),
-                        ]),
-                        None,
-                    ));
-                }
-                Some(Event::Failed(e)) => {
-                    let body = e.body().to_string();
-                    return Some((stream::iter(vec![SseEvent::default().data(body)]), None));
-                }
-                None => None,
-            };
-            event.map(|e| (stream::iter(vec![e]), Some(events)))
+    let data = |v: Value| SseEvent::default().data(v.to_string());
+    stream::unfold(Some((events, envelope, false)), move |state| async move {
+        let (mut events, mut envelope, mut started) = state?;
+        let mut out = Vec::new();
+        let mut event = events.recv().await;
+        if let Some(Event::Routed(skill)) = &event {
+            envelope.model = skill.clone();
+            event = events.recv().await;
         }
+        if !started && envelope.endpoint == Endpoint::Chat {
+            let role = json!({"index": 0, "delta": {"role": "assistant"}, "finish_reason": null});
+            out.push(data(envelope.with(true, role, None)));
+        }
+        started = true;
+        let finished = match event {
+            Some(Event::Text(t)) => {
+                out.push(data(envelope.with(true, delta(&envelope, &t, None), None)));
+                false
+            }
+            Some(Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let choice = delta(&envelope, "", Some(finish));
+                let usage = usage(prompt_tokens, completion_tokens);
+                out.push(data(envelope.with(true, choice, Some(usage))));
+                out.push(SseEvent::default().data("[DONE]"));
+                true
+            }
+            Some(Event::Failed(e)) => {
+                out.push(data(e.body()));
+                true
+            }
+            // A second routing decision cannot happen; the engine dropping the request
+            // ends the stream.
+            Some(Event::Routed(_)) | None => return None,
+        };
+        let next = (!finished).then_some((events, envelope, started));
+        Some((stream::iter(out), next))
     })
-    .flatten();
-    stream::iter(first).chain(body).map(Ok)
+    .flatten()
+    .map(Ok)
 }
 
 fn delta(envelope: &Envelope, text: &str, finish: Option<FinishReason>) -> Value {

@@ -478,6 +478,7 @@ fn without_admin_enabled_the_admin_routes_do_not_exist() {
         context: CONTEXT,
         backbone_hash: common::HASH.into(),
         admin: false,
+        routing: false,
         body_timeout: Duration::from_secs(1),
     };
     let state = std::sync::Arc::new(serve_min::server::ServerState::new(
@@ -528,4 +529,61 @@ fn a_client_that_stalls_mid_body_gets_408_and_others_are_served() {
     assert_eq!(r.status, 408);
     assert_eq!(r.json()["error"]["type"], "timeout");
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn auto_requests_run_through_the_skill_the_router_picks_and_say_which() {
+    use skillzip_harness::router::{Router, RouterConfig, token_features};
+    let tokenizer = common::tokenizer();
+    let model = common::model();
+    let features =
+        |prompt: &str| token_features(&model, &tokenizer.encode(prompt).unwrap()).unwrap();
+    // Digits for math, keywords for code: prompts the tiny model's features tell apart.
+    let math: Vec<String> = (0..12)
+        .map(|i| format!("{} + {} = ?", i * 7, i * 3 + 1))
+        .collect();
+    let code: Vec<String> = (0..12).map(|i| format!("def f{i}(x): return x")).collect();
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for (k, prompts) in [&math, &code].iter().enumerate() {
+        for p in prompts.iter() {
+            x.push(features(p));
+            y.push(k);
+        }
+    }
+    let names = vec!["math".to_string(), "code".to_string()];
+    let router = Router::train(&x, &y, names, &RouterConfig::default()).unwrap();
+    let server = Server::start_with(EngineConfig::default(), true, Some(router.clone()));
+    let listed = server.get("/v1/models").json();
+    assert_eq!(listed["data"][3]["id"], "auto");
+
+    let mut seen = std::collections::BTreeSet::new();
+    for prompt in [
+        "99 + 1 = ?",
+        "def g(y): return y",
+        "7 + 8 = ?",
+        "def h(z): return z",
+    ] {
+        let routed = &router.skills()[router.route(&features(prompt)).unwrap()];
+        seen.insert(routed.clone());
+        let (want, _) = alone(routed, prompt, 10);
+        let r = server.post_json("/v1/completions", &completion("auto", prompt, 10));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body = r.json();
+        assert_eq!(body["model"], routed.as_str(), "{prompt}");
+        assert_eq!(body["choices"][0]["text"], want.as_str(), "{prompt}");
+        // Streamed: every chunk names the routed skill.
+        let mut streamed = completion("auto", prompt, 10);
+        streamed["stream"] = json!(true);
+        let events = server.post_json("/v1/completions", &streamed).events();
+        for e in &events[..events.len() - 1] {
+            let v: Value = serde_json::from_str(e).unwrap();
+            assert_eq!(v["model"], routed.as_str());
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the router sent every prompt to one skill: {seen:?}"
+    );
 }

@@ -46,41 +46,52 @@ pub fn prompt_features(
     prompts: &[&str],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f32>>> {
-    let d = model.config().hidden_size;
     let mut out = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let ids = encode_prompt(tok, prompt)?;
-        let n = ids.len();
-        if n == 0 {
-            return Err(Error::InvalidInput(format!(
-                "prompt {i} renders to no tokens"
-            )));
-        }
-        let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
-        let states = model.hidden_states(&ids, None, &mut NoHook)?;
-        let rows: Vec<Vec<f32>> = states.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?;
-        let mut sum = vec![0f64; d];
-        for row in &rows {
-            if row.len() != d {
-                return Err(Error::InvalidInput(format!(
-                    "prompt {i}: hidden states of width {}, the model's is {d}",
-                    row.len()
-                )));
-            }
-            for (s, &v) in sum.iter_mut().zip(row) {
-                *s += f64::from(v);
-            }
-        }
-        let mean: Vec<f32> = sum.iter().map(|s| (s / rows.len() as f64) as f32).collect();
-        if mean.iter().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidInput(format!(
-                "prompt {i}: the model's hidden states are not finite"
-            )));
-        }
-        out.push(mean);
+        let features = token_features(model, &ids).map_err(|e| match e {
+            Error::InvalidInput(m) => Error::InvalidInput(format!("prompt {i}: {m}")),
+            e => e,
+        })?;
+        out.push(features);
         progress(i + 1, prompts.len());
     }
     Ok(out)
+}
+
+/// The router's features of one token sequence (a prompt already rendered and encoded): the
+/// model's last hidden states before the final norm, averaged over the tokens in f64. What
+/// [`prompt_features`] computes per prompt, and what a server computes on its backbone.
+pub fn token_features(model: &Llama, ids: &[u32]) -> Result<Vec<f32>> {
+    let d = model.config().hidden_size;
+    let n = ids.len();
+    if n == 0 {
+        return Err(Error::InvalidInput(
+            "the prompt renders to no tokens".into(),
+        ));
+    }
+    let ids = Tensor::from_vec(ids.to_vec(), (1, n), &Device::Cpu)?;
+    let states = model.hidden_states(&ids, None, &mut NoHook)?;
+    let rows: Vec<Vec<f32>> = states.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?;
+    let mut sum = vec![0f64; d];
+    for row in &rows {
+        if row.len() != d {
+            return Err(Error::InvalidInput(format!(
+                "hidden states of width {}, the model's is {d}",
+                row.len()
+            )));
+        }
+        for (s, &v) in sum.iter_mut().zip(row) {
+            *s += f64::from(v);
+        }
+    }
+    let mean: Vec<f32> = sum.iter().map(|s| (s / rows.len() as f64) as f32).collect();
+    if mean.iter().any(|v| !v.is_finite()) {
+        return Err(Error::InvalidInput(
+            "the model's hidden states are not finite".into(),
+        ));
+    }
+    Ok(mean)
 }
 
 /// How [`Router::train`] fits.

@@ -13,6 +13,7 @@ use serde_json::Value;
 use serve_min::engine::{self, Backbone, EngineConfig, EngineHandle, JobQueue};
 use serve_min::server::{ServerOptions, ServerState, router};
 use skillzip_format::skillpack::Skillpack;
+use skillzip_harness::router::Router;
 use skillzip_lm::checkpoint::LinearKind;
 use skillzip_lm::config::LlamaConfig;
 use skillzip_lm::gguf::Value as Meta;
@@ -115,6 +116,7 @@ pub fn backbone() -> (Backbone, Vec<String>) {
         model: model(),
         tokenizer: tokenizer(),
         skills,
+        router: None,
     };
     (backbone, names)
 }
@@ -130,7 +132,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: EngineConfig, run: bool) -> Self {
-        let (backbone, names) = backbone();
+        Self::start_with(config, run, None)
+    }
+
+    /// A running or waiting server whose engine routes `auto` requests with `router`.
+    pub fn start_with(config: EngineConfig, run: bool, routes: Option<Router>) -> Self {
+        let (mut backbone, names) = backbone();
+        let routing = routes.is_some();
+        backbone.router = routes;
         let (handle, queue) = engine::queue(config);
         let tokenizer = backbone.tokenizer.clone();
         let queue = if run {
@@ -144,6 +153,7 @@ impl Server {
             context: CONTEXT,
             backbone_hash: HASH.into(),
             admin: true,
+            routing,
             body_timeout: Duration::from_secs(1),
         };
         let state = Arc::new(ServerState::new(handle.clone(), tokenizer, options));
