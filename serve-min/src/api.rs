@@ -12,6 +12,13 @@ use crate::error::ApiError;
 pub const AUTO_MODEL: &str = "auto";
 /// The model name of the backbone without any skillpack.
 pub const BASE_MODEL: &str = "base";
+/// Why `name` cannot name a skill (the model names the server keeps for itself), if it
+/// cannot.
+pub fn reserved_skill_name(name: &str) -> Option<String> {
+    (name == BASE_MODEL || name == AUTO_MODEL)
+        .then(|| format!("a skill cannot be named {name:?} (reserved)"))
+}
+
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
 /// Longest stop string, in bytes.

@@ -325,15 +325,17 @@ impl Engine {
         let skills = &mut self.backbone.skills;
         match command {
             Admin::Load(pack, reply) => {
-                let result = skills
-                    .insert(&pack)
-                    .map(|_| pack.layers.len())
-                    .map_err(|e| match e {
-                        skillzip_lm::Error::InvalidInput(m) if m.contains("already loaded") => {
-                            ApiError::Conflict(m)
-                        }
-                        e => ApiError::InvalidRequest(e.to_string()),
-                    });
+                let name = &pack.meta.skill;
+                let result = if skills.slot(name).is_some() {
+                    Err(ApiError::Conflict(format!(
+                        "skill {name} is already loaded"
+                    )))
+                } else {
+                    skills
+                        .insert(&pack)
+                        .map(|_| pack.layers.len())
+                        .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+                };
                 let _ = reply.send(result);
             }
             Admin::Unload(name, reply) => {
@@ -411,13 +413,9 @@ impl Engine {
             next: 0,
         };
         if self.accept(&mut row, &logits) {
-            let joined = if self.rows.is_empty() {
-                self.cache = KvCache::continuous();
-                self.cache.join(cache)
-            } else {
-                self.cache.join(cache)
-            };
-            match joined {
+            // With no rows running, the cache is an empty continuous one (`retain` and
+            // `fail_batch` reset it), so the first row simply joins it.
+            match self.cache.join(cache) {
                 Ok(()) => {
                     self.rows.push(row);
                     self.stats.running.store(self.rows.len(), Ordering::Relaxed);
@@ -492,14 +490,7 @@ impl Engine {
         let logits = match logits {
             Ok(l) => l,
             Err(e) => {
-                // The batch's cache is unusable: every running request fails, the engine
-                // goes on with an empty batch.
-                let message = e.to_string();
-                for row in std::mem::take(&mut self.rows) {
-                    self.fail_row(row, &message);
-                }
-                self.cache = KvCache::continuous();
-                self.stats.running.store(0, Ordering::Relaxed);
+                self.fail_batch(&e.to_string());
                 return;
             }
         };
@@ -529,12 +520,7 @@ impl Engine {
             return false;
         }
         if let Err(e) = self.cache.retain_rows(keep) {
-            let message = e.to_string();
-            for row in std::mem::take(&mut self.rows) {
-                self.fail_row(row, &message);
-            }
-            self.cache = KvCache::continuous();
-            self.stats.running.store(0, Ordering::Relaxed);
+            self.fail_batch(&e.to_string());
             return false;
         }
         true
@@ -593,6 +579,16 @@ impl Engine {
                 true
             }
         }
+    }
+
+    /// The batch's cache is unusable: every running request fails, and the engine goes on
+    /// with an empty batch.
+    fn fail_batch(&mut self, message: &str) {
+        for row in std::mem::take(&mut self.rows) {
+            self.fail_row(row, message);
+        }
+        self.cache = KvCache::continuous();
+        self.stats.running.store(0, Ordering::Relaxed);
     }
 
     fn fail_row(&self, row: Row, message: &str) {

@@ -10,6 +10,7 @@ use skillzip_lm::model::Llama;
 use skillzip_lm::skillpack::{SkillpackSet, bundle_model};
 use skillzip_lm::tokenizer::Tokenizer;
 
+use crate::api::reserved_skill_name;
 use crate::engine::Backbone;
 use crate::error::{Error, Result};
 
@@ -57,6 +58,9 @@ pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
                 )));
             }
             for entry in &bundle.manifest().skillpacks {
+                if let Some(why) = reserved_skill_name(&entry.name) {
+                    return Err(Error::Config(format!("{}: {why}", dir.display())));
+                }
                 let pack = bundle.skillpack(&entry.name)?;
                 skills.insert(&pack).map_err(|e| {
                     Error::Config(format!("{}: skill {}: {e}", dir.display(), entry.name))

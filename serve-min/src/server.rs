@@ -34,7 +34,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::{
     AUTO_MODEL, BASE_MODEL, DEFAULT_CHAT_TOKENS, DEFAULT_COMPLETION_TOKENS, GenerationRequest,
-    Prompt, parse_chat, parse_completion,
+    Prompt, parse_chat, parse_completion, reserved_skill_name,
 };
 use crate::engine::{EngineHandle, Event, FinishReason, Job, SkillChoice};
 use crate::error::ApiError;
@@ -166,10 +166,8 @@ async fn load(state: &ServerState, body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::InvalidRequest(format!("the skillpack was refused: {e}")))?;
     let name = pack.meta.skill.clone();
-    if name == BASE_MODEL || name == AUTO_MODEL {
-        return Err(ApiError::Conflict(format!(
-            "a skill cannot be named {name:?} (reserved)"
-        )));
+    if let Some(why) = reserved_skill_name(&name) {
+        return Err(ApiError::Conflict(why));
     }
     if pack.meta.base.backbone_hash != state.backbone_hash {
         return Err(ApiError::Conflict(format!(
@@ -259,23 +257,25 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn completions(State(state): State<Arc<ServerState>>, body: Body) -> Response {
-    let body = match read_body(&state, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    match parse_completion(&body) {
-        Ok(req) => generate(state, req, Endpoint::Completion).await,
-        Err(e) => e.into_response(),
-    }
+    respond(state, body, Endpoint::Completion).await
 }
 
 async fn chat_completions(State(state): State<Arc<ServerState>>, body: Body) -> Response {
+    respond(state, body, Endpoint::Chat).await
+}
+
+/// Reads and parses a generation request for `endpoint` and answers it.
+async fn respond(state: Arc<ServerState>, body: Body, endpoint: Endpoint) -> Response {
     let body = match read_body(&state, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match parse_chat(&body) {
-        Ok(req) => generate(state, req, Endpoint::Chat).await,
+    let parsed = match endpoint {
+        Endpoint::Completion => parse_completion(&body),
+        Endpoint::Chat => parse_chat(&body),
+    };
+    match parsed {
+        Ok(req) => generate(state, req, endpoint).await,
         Err(e) => e.into_response(),
     }
 }

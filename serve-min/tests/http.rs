@@ -453,6 +453,17 @@ fn skillpacks_are_loaded_and_unloaded_while_serving() {
     std::fs::write(&broken, bytes).unwrap();
     assert_eq!(load(&broken).status, 400);
     assert_eq!(load(&dir.join("missing")).status, 400);
+    // The server's own model names cannot be taken by a skill.
+    let reserved = dir.join("auto.skillpack.safetensors");
+    skillzip_format::write_skillpack(&reserved, &common::pack("auto", &[(0, Up)], 4)).unwrap();
+    let r = load(&reserved);
+    assert_eq!(r.status, 409);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved")
+    );
     assert_eq!(server.post("/admin/skillpacks", b"{}").status, 400);
 
     let r = server.delete("/admin/skillpacks/chess");
@@ -470,37 +481,12 @@ fn skillpacks_are_loaded_and_unloaded_while_serving() {
 
 #[test]
 fn without_admin_enabled_the_admin_routes_do_not_exist() {
-    let (backbone, names) = common::backbone();
-    let tokenizer = backbone.tokenizer.clone();
-    let handle = serve_min::engine::start(backbone, EngineConfig::default()).unwrap();
-    let options = serve_min::server::ServerOptions {
-        skills: names,
-        context: CONTEXT,
-        backbone_hash: common::HASH.into(),
-        admin: false,
-        routing: false,
-        body_timeout: Duration::from_secs(1),
-    };
-    let state = std::sync::Arc::new(serve_min::server::ServerState::new(
-        handle, tokenizer, options,
-    ));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, serve_min::server::router(state)).await });
-    let r = common::request(
-        addr,
-        "POST",
-        "/admin/skillpacks",
-        b"{\"path\": \"/etc/passwd\"}",
-    );
+    let server = Server::start_with(EngineConfig::default(), true, None, false);
+    let r = server.post("/admin/skillpacks", b"{\"path\": \"/etc/passwd\"}");
     assert_eq!(r.status, 404);
-    assert_eq!(
-        common::request(addr, "DELETE", "/admin/skillpacks/math", b"").status,
-        404
-    );
+    assert_eq!(server.delete("/admin/skillpacks/math").status, 404);
+    // The rest of the server is there.
+    assert_eq!(server.get("/health").status, 200);
 }
 
 #[test]
@@ -553,7 +539,7 @@ fn auto_requests_run_through_the_skill_the_router_picks_and_say_which() {
     }
     let names = vec!["math".to_string(), "code".to_string()];
     let router = Router::train(&x, &y, names, &RouterConfig::default()).unwrap();
-    let server = Server::start_with(EngineConfig::default(), true, Some(router.clone()));
+    let server = Server::start_with(EngineConfig::default(), true, Some(router.clone()), true);
     let listed = server.get("/v1/models").json();
     assert_eq!(listed["data"][3]["id"], "auto");
 

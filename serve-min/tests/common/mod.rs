@@ -132,11 +132,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: EngineConfig, run: bool) -> Self {
-        Self::start_with(config, run, None)
+        Self::start_with(config, run, None, true)
     }
 
-    /// A running or waiting server whose engine routes `auto` requests with `router`.
-    pub fn start_with(config: EngineConfig, run: bool, routes: Option<Router>) -> Self {
+    /// A running or waiting server whose engine routes `auto` requests with `routes`, with
+    /// or without the admin routes.
+    pub fn start_with(
+        config: EngineConfig,
+        run: bool,
+        routes: Option<Router>,
+        admin: bool,
+    ) -> Self {
         let (mut backbone, names) = backbone();
         let routing = routes.is_some();
         backbone.router = routes;
@@ -152,7 +158,7 @@ impl Server {
             skills: names,
             context: CONTEXT,
             backbone_hash: HASH.into(),
-            admin: true,
+            admin,
             routing,
             body_timeout: Duration::from_secs(1),
         };
