@@ -97,28 +97,37 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         o.steps,
         o.model
     );
-    println!("| batch | backbone ms/step | + skillpacks ms/step | ratio (median of pairs) |");
-    println!("|---|---|---|---|");
+    println!(
+        "| batch | backbone ms/step | + skillpacks ms/step | of which in the skillpack path | \
+         ratio (median of pairs) |"
+    );
+    println!("|---|---|---|---|---|");
     for &batch in &o.batches {
         let rows: Vec<Option<usize>> = (0..batch).map(|r| Some(r % o.skills)).collect();
         let mut plain = prefill(&model, &rows, o.prompt, None)?;
         let mut packed = prefill(&model, &rows, o.prompt, Some(&mut set))?;
         set.assign_rows(&rows)?;
-        let mut times = (Vec::new(), Vec::new());
+        let mut times = (Vec::new(), Vec::new(), Vec::new());
         let next = Tensor::from_vec(vec![42u32; batch], (batch, 1), &Device::Cpu)?;
         for _ in 0..o.steps {
             let t = Instant::now();
             model.forward(&next, Some(&mut plain), Logits::Last, &mut NoHook)?;
             times.0.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            model.forward(&next, Some(&mut packed), Logits::Last, &mut set)?;
+            let mut timed = Timed {
+                set: &mut set,
+                ms: 0.0,
+            };
+            model.forward(&next, Some(&mut packed), Logits::Last, &mut timed)?;
             times.1.push(t.elapsed().as_secs_f64() * 1e3);
+            times.2.push(timed.ms);
         }
         let mut ratios: Vec<f64> = times.1.iter().zip(&times.0).map(|(p, b)| p / b).collect();
         println!(
-            "| {batch} | {:.1} | {:.1} | {:.3} |",
+            "| {batch} | {:.1} | {:.1} | {:.1} | {:.3} |",
             median(&mut times.0),
             median(&mut times.1),
+            median(&mut times.2),
             median(&mut ratios)
         );
     }
@@ -150,6 +159,27 @@ fn prefill(
         cache.join(row)?;
     }
     Ok(cache)
+}
+
+/// The skillpack set, timing the calls that add its output (the rest of the step is the
+/// backbone's own work plus the adds).
+struct Timed<'a> {
+    set: &'a mut SkillpackSet,
+    ms: f64,
+}
+
+impl LinearHook for Timed<'_> {
+    fn extra(
+        &mut self,
+        layer: usize,
+        kind: LinearKind,
+        x: &Tensor,
+    ) -> skillzip_lm::error::Result<Option<Tensor>> {
+        let t = Instant::now();
+        let y = self.set.extra(layer, kind, x);
+        self.ms += t.elapsed().as_secs_f64() * 1e3;
+        y
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

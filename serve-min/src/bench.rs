@@ -6,6 +6,10 @@
 //!
 //! The client is a small HTTP/1.1 reader over `tokio::net::TcpStream` so each server-sent
 //! event is timed when its bytes arrive.
+//!
+//! For soak runs, a fraction of the requests can be cancelled part-way (the client drops the
+//! connection after a random number of tokens) and a fraction replaced by malformed requests
+//! ([`MALFORMED`]), each of which must be answered with a 4xx status and a JSON error body.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,6 +46,10 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Longest a request may take before it counts as failed.
     pub timeout: Duration,
+    /// Fraction of requests the client cancels part-way, in `[0, 1]`.
+    pub cancel_fraction: f64,
+    /// Fraction of requests replaced by a malformed one, in `[0, 1]`.
+    pub malformed_fraction: f64,
 }
 
 impl BenchConfig {
@@ -63,6 +71,10 @@ impl BenchConfig {
                 .any(|(n, w)| n.is_empty() || !(w.is_finite() && *w > 0.0))
         {
             return bad("the skill mix needs names with positive weights".into());
+        }
+        let fraction = |f: f64| f.is_finite() && (0.0..=1.0).contains(&f);
+        if !fraction(self.cancel_fraction) || !fraction(self.malformed_fraction) {
+            return bad("the cancel and malformed fractions must lie in [0, 1]".into());
         }
         if self.token_range.0 >= self.token_range.1 {
             return bad(format!("token range {:?} is empty", self.token_range));
@@ -91,9 +103,23 @@ pub fn arrival_times(n: usize, rate: f64, cv: f64, seed: u64) -> Result<Vec<f64>
         .collect())
 }
 
+/// What a request of a load test was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// A streamed completion read to its end.
+    Normal,
+    /// A streamed completion the client dropped after this many text events.
+    Cancelled(usize),
+    /// The malformed request of this name (from [`MALFORMED`]).
+    Malformed(&'static str),
+}
+
 /// What happened to one request.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
+    /// What it was.
+    pub kind: RequestKind,
     /// The skill asked for.
     pub skill: String,
     /// When it was sent, seconds from the start.
@@ -150,8 +176,14 @@ impl Summary {
 pub struct Report {
     /// Requests sent.
     pub requests: usize,
-    /// Requests that completed with every token.
+    /// Normal requests that completed with every token.
     pub completed: usize,
+    /// Requests cancelled by the client as planned.
+    pub cancelled: usize,
+    /// Malformed requests answered as they must be (a 4xx and a JSON error body).
+    pub refused: usize,
+    /// Requests of any kind that did not go as they must.
+    pub failed: usize,
     /// Wall time from the first arrival to the last completion, seconds.
     pub duration_s: f64,
     /// Completed requests per second.
@@ -171,7 +203,19 @@ pub struct Report {
 impl Report {
     /// From the records of a run that lasted `duration_s`.
     pub fn new(records: Vec<RequestRecord>, duration_s: f64) -> Self {
-        let done: Vec<&RequestRecord> = records.iter().filter(|r| r.error.is_none()).collect();
+        let ok = |kind: fn(&RequestKind) -> bool| {
+            records
+                .iter()
+                .filter(|r| r.error.is_none() && kind(&r.kind))
+                .count()
+        };
+        let cancelled = ok(|k| matches!(k, RequestKind::Cancelled(_)));
+        let refused = ok(|k| matches!(k, RequestKind::Malformed(_)));
+        let failed = records.iter().filter(|r| r.error.is_some()).count();
+        let done: Vec<&RequestRecord> = records
+            .iter()
+            .filter(|r| r.error.is_none() && r.kind == RequestKind::Normal)
+            .collect();
         let tokens: usize = done.iter().map(|r| r.tokens).sum();
         let tpots: Vec<f64> = done
             .iter()
@@ -190,6 +234,9 @@ impl Report {
         Self {
             requests: records.len(),
             completed: done.len(),
+            cancelled,
+            refused,
+            failed,
             duration_s,
             request_throughput: per_second(done.len() as f64),
             token_throughput: per_second(tokens as f64),
@@ -204,12 +251,13 @@ impl Report {
     pub fn table(&self) -> String {
         let l = &self.latency_ms;
         let t = &self.ttft_ms;
-        format!(
+        let normal = self.requests - self.cancelled - self.refused;
+        let mut table = format!(
             "| completed | req/s | tok/s | ms/token | TTFT mean / median / P99 (ms) | latency mean | median | P95 | P99 | min | max (ms) |\n\
              |---|---|---|---|---|---|---|---|---|---|---|\n\
              | {}/{} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} / {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             self.completed,
-            self.requests,
+            normal,
             self.request_throughput,
             self.token_throughput,
             self.tpot_ms,
@@ -222,7 +270,15 @@ impl Report {
             l.p99,
             l.min,
             l.max
-        )
+        );
+        if self.cancelled + self.refused > 0 {
+            table.push_str(&format!(
+                "\nAlso: {} cancelled by the client part-way, {} malformed requests refused with \
+                 a 4xx; {} requests of any kind failed.\n",
+                self.cancelled, self.refused, self.failed
+            ));
+        }
+        table
     }
 }
 
@@ -254,13 +310,37 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
             "temperature": 0, "ignore_eos": true, "stream": true,
         })
         .to_string();
+        let kind = if rng.random::<f64>() < config.malformed_fraction {
+            RequestKind::Malformed(MALFORMED[rng.random_range(0..MALFORMED.len())].0)
+        } else if rng.random::<f64>() < config.cancel_fraction {
+            RequestKind::Cancelled(rng.random_range(0..config.gen_tokens))
+        } else {
+            RequestKind::Normal
+        };
         tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
         let (addr, timeout) = (config.addr, config.timeout);
         let sent = start.elapsed().as_secs_f64();
         tasks.push(tokio::spawn(async move {
             let begun = Instant::now();
-            let outcome =
-                tokio::time::timeout(timeout, stream_completion(addr, &body, begun)).await;
+            let request = async {
+                match kind {
+                    RequestKind::Normal => stream_completion(addr, &body, begun, None).await,
+                    RequestKind::Cancelled(after) => {
+                        stream_completion(addr, &body, begun, Some(after)).await
+                    }
+                    RequestKind::Malformed(name) => {
+                        let (_, path, bytes) = MALFORMED
+                            .iter()
+                            .find(|m| m.0 == name)
+                            .copied()
+                            .unwrap_or(MALFORMED[0]);
+                        expect_refusal(addr, path, &bytes())
+                            .await
+                            .map(|()| (None, 0))
+                    }
+                }
+            };
+            let outcome = tokio::time::timeout(timeout, request).await;
             let latency = begun.elapsed().as_secs_f64();
             let (ttft, tokens, error) = match outcome {
                 Ok(Ok((ttft, tokens))) => (ttft, tokens, None),
@@ -268,6 +348,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
                 Err(_) => (None, 0, Some(format!("no answer within {timeout:?}"))),
             };
             RequestRecord {
+                kind,
                 skill,
                 sent,
                 ttft,
@@ -287,19 +368,91 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
     let duration = start.elapsed().as_secs_f64() - records.first().map_or(0.0, |r| r.sent);
     let gen_tokens = config.gen_tokens;
     for r in &mut records {
-        if r.error.is_none() && r.tokens != gen_tokens {
+        if r.error.is_none() && r.kind == RequestKind::Normal && r.tokens != gen_tokens {
             r.error = Some(format!("{} tokens instead of {gen_tokens}", r.tokens));
         }
     }
     Ok(Report::new(records, duration))
 }
 
+/// Malformed requests a soak run mixes in: name, path, body. Each must be answered with a
+/// 4xx status and a JSON error body.
+pub const MALFORMED: [(&str, &str, fn() -> Vec<u8>); 8] = [
+    ("truncated_json", "/v1/completions", || {
+        br#"{"model": "base", "prompt": [1, 2"#.to_vec()
+    }),
+    ("unknown_model", "/v1/completions", || {
+        br#"{"model": "no-such-skill", "prompt": "hi"}"#.to_vec()
+    }),
+    ("negative_max_tokens", "/v1/completions", || {
+        br#"{"model": "base", "prompt": "hi", "max_tokens": -5}"#.to_vec()
+    }),
+    ("huge_max_tokens", "/v1/completions", || {
+        br#"{"model": "base", "prompt": "hi", "max_tokens": 1000000000000}"#.to_vec()
+    }),
+    ("invalid_utf8", "/v1/completions", || {
+        b"{\"model\": \"base\", \"prompt\": \"\xff\xfe\"}".to_vec()
+    }),
+    ("prompt_beyond_context", "/v1/completions", || {
+        let ids: Vec<u32> = (0..70_000).map(|i| 256 + i % 1000).collect();
+        json!({"model": "base", "prompt": ids})
+            .to_string()
+            .into_bytes()
+    }),
+    ("wrong_types", "/v1/chat/completions", || {
+        br#"{"model": 5, "messages": "not a list"}"#.to_vec()
+    }),
+    ("not_json", "/v1/chat/completions", || {
+        b"\x00\x01 garbage".to_vec()
+    }),
+];
+
+/// Sends a malformed request; fine when the answer is a 4xx with a JSON `error` body.
+async fn expect_refusal(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+) -> std::result::Result<(), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(&[head.as_bytes(), body].concat())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&answer);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {:?}", &text[..text.len().min(80)]))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let error = serde_json::from_str::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some());
+    if (400..500).contains(&status) && error {
+        Ok(())
+    } else {
+        Err(format!("a malformed request got HTTP {status}: {body}"))
+    }
+}
+
 /// Sends one streamed completion; returns the time to the first text event and the
-/// generated token count from the final usage.
+/// generated token count from the final usage. With `cancel_after`, drops the connection
+/// once that many text events have arrived and returns their count.
 async fn stream_completion(
     addr: SocketAddr,
     body: &str,
     begun: Instant,
+    cancel_after: Option<usize>,
 ) -> std::result::Result<(Option<f64>, usize), String> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let request = format!(
@@ -314,7 +467,11 @@ async fn stream_completion(
     let mut reader = SseReader::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut ttft = None;
+    let mut events = 0;
     loop {
+        if cancel_after.is_some_and(|after| events >= after) {
+            return Ok((ttft, events));
+        }
         let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err(format!(
@@ -337,6 +494,7 @@ async fn stream_completion(
             if ttft.is_none() && !text.is_empty() {
                 ttft = Some(begun.elapsed().as_secs_f64());
             }
+            events += usize::from(!text.is_empty());
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 reader.tokens = Some(n as usize);
             }

@@ -1,18 +1,26 @@
 //! The engine: one thread owning the model, running every admitted request in one batch.
 //!
-//! Continuous batching: each iteration first admits waiting requests (each prompt is
-//! prefilled alone through its skillpack and its cache rows join the batch's
-//! [`KvCache::continuous`]), then runs one decode step for every running request at once —
-//! the backbone once for the whole batch, each skillpack's low-rank path on its own rows
-//! ([`SkillpackSet`], grouped by skill). A request leaves the batch when it stops, reaches its
-//! token limit, or its client has gone (its event receiver was dropped); its cache rows are
-//! dropped with it.
+//! Continuous batching: each iteration admits waiting requests and runs one forward pass
+//! ([`Llama::forward_parts`]) holding the decode step of every running request and the
+//! prompts of the requests admitted now, prefill and decode mixed: every backbone weight is
+//! applied once to all their token rows, each skillpack's low-rank path to its own rows
+//! ([`SkillpackSet`], grouped by skill), and attention runs per part on its own cache. The new
+//! requests' cache rows then join the batch's [`KvCache::continuous`]. A request leaves the
+//! batch when it stops, reaches its token limit, or its client has gone (its event receiver
+//! was dropped); its cache rows are dropped with it.
 //!
 //! Requests wait in a bounded queue ([`EngineHandle::submit`] refuses when it is full), so
 //! memory stays bounded under any load. Skillpacks are loaded and unloaded between steps
 //! ([`EngineHandle::load`], [`EngineHandle::unload`]); a skill some running request uses
 //! cannot be unloaded.
+//!
+//! The same engine runs the separate-models baseline ([`Weights::Separate`]): each skill its
+//! own full model from a [`ModelStore`]. A batch then holds one model's requests only: when
+//! it has drained, the oldest waiting request's model becomes the batch's (read back from disk
+//! if the budget had evicted it) and every waiting request of that model joins; newcomers of
+//! the same model join a running batch only while no request of another model waits.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
@@ -21,14 +29,16 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use skillzip_format::skillpack::Skillpack;
 use skillzip_harness::router::{Router, token_features};
+use skillzip_lm::config::LlamaConfig;
 use skillzip_lm::generate::{Sampler, Sampling};
-use skillzip_lm::model::{KvCache, Llama, Logits};
+use skillzip_lm::model::{KvCache, Llama, NoHook, Part};
 use skillzip_lm::skillpack::SkillpackSet;
 use skillzip_lm::tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::store::ModelStore;
 
 /// Limits of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +58,39 @@ impl Default for EngineConfig {
     }
 }
 
-/// The model the engine runs: the backbone, its tokenizer, the loaded skillpacks and the
-/// router that picks one for `"model": "auto"`.
+/// What the engine runs: the weights, their tokenizer and the router that picks a skill for
+/// `"model": "auto"`.
 pub struct Backbone {
-    /// The decoder (base plus the bundle's shared backbone delta).
-    pub model: Llama,
-    /// Its tokenizer.
+    /// The models.
+    pub weights: Weights,
+    /// Their tokenizer.
     pub tokenizer: Tokenizer,
-    /// The skillpacks, each in a slot.
-    pub skills: SkillpackSet,
-    /// The learned router over the backbone's hidden states, if the bundle has one.
+    /// The learned router over the backbone's hidden states, if the bundle has one (only
+    /// with [`Weights::Shared`]).
     pub router: Option<Router>,
+}
+
+/// How the skills' weights are held.
+pub enum Weights {
+    /// One backbone, every skill a skillpack on it; rows of any skills share a step.
+    Shared {
+        /// The decoder (base plus the bundle's shared backbone delta).
+        model: Llama,
+        /// The skillpacks, each in a slot.
+        skills: SkillpackSet,
+    },
+    /// The baseline: every skill its own full model, reloaded on demand.
+    Separate(ModelStore),
+}
+
+impl Backbone {
+    /// The models' configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        match &self.weights {
+            Weights::Shared { model, .. } => model.config(),
+            Weights::Separate(store) => store.config(),
+        }
+    }
 }
 
 /// Which skillpack a request runs through.
@@ -153,6 +185,10 @@ pub struct Stats {
     pub running: AtomicUsize,
     /// Requests waiting in the queue now.
     pub waiting: AtomicUsize,
+    /// Full models read back from disk (the separate-models baseline).
+    pub reloads: AtomicU64,
+    /// Milliseconds spent reading them.
+    pub reload_ms: AtomicU64,
 }
 
 /// A change to the loaded skillpacks, run by the engine between steps.
@@ -173,8 +209,13 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Queues `job`, or refuses it when the queue is full or the engine has stopped.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        // Counted before sending so the engine's decrement can never come first.
-        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        // Counted before sending so the engine's decrement can never come first. The count
+        // is the bound: it covers jobs in the channel and those the engine holds back.
+        if self.stats.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Overloaded(self.max_queue));
+        }
         match self.queue.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -263,6 +304,13 @@ pub fn spawn(backbone: Backbone, config: EngineConfig, queue: JobQueue) -> std::
         .map(drop)
 }
 
+/// A request admitted for the next pass, its prompt not yet run.
+struct Arrival {
+    job: Job,
+    slot: Option<usize>,
+    sampler: Sampler,
+}
+
 /// A request in the batch.
 struct Row {
     job: Job,
@@ -282,6 +330,8 @@ struct Engine {
     stats: Arc<Stats>,
     cache: KvCache,
     rows: Vec<Row>,
+    /// Requests taken from the channel, oldest first, not yet admitted.
+    pending: VecDeque<Job>,
 }
 
 impl Engine {
@@ -292,6 +342,7 @@ impl Engine {
             stats,
             cache: KvCache::continuous(),
             rows: Vec::new(),
+            pending: VecDeque::new(),
         }
     }
 
@@ -300,29 +351,96 @@ impl Engine {
             while let Ok(command) = commands.try_recv() {
                 self.administer(command);
             }
-            if self.rows.is_empty() {
+            if self.rows.is_empty() && self.pending.is_empty() {
                 // Idle: wait for a request, looking at admin commands now and then; stop
                 // when every handle is gone.
                 match jobs.recv_timeout(Duration::from_millis(20)) {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => self.pending.push_back(job),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while self.rows.len() < self.config.max_batch {
-                match jobs.try_recv() {
-                    Ok(job) => self.admit(job),
-                    Err(_) => break,
-                }
-            }
-            if !self.rows.is_empty() {
-                self.step();
+            self.pending.extend(jobs.try_iter());
+            let arrivals: Vec<Arrival> = self
+                .admissible()
+                .into_iter()
+                .filter_map(|job| self.prepare(job))
+                .collect();
+            if !self.rows.is_empty() || !arrivals.is_empty() {
+                self.step(arrivals);
             }
         }
     }
 
+    /// The waiting requests to admit now, oldest first, taken out of the queue: as many as
+    /// the batch has room for. With separate models a batch runs one model: an empty batch
+    /// takes the oldest request's model and every waiting request of it; a running batch
+    /// takes newcomers of its model only while no request of another model waits (so none
+    /// waits forever). A request whose model does not resolve is taken, to fail at once.
+    fn admissible(&mut self) -> Vec<Job> {
+        let room = self.config.max_batch - self.rows.len();
+        let take: Vec<bool> = match &self.backbone.weights {
+            Weights::Shared { .. } => (0..self.pending.len()).map(|i| i < room).collect(),
+            Weights::Separate(store) => {
+                let models: Vec<Option<Option<usize>>> = self
+                    .pending
+                    .iter()
+                    .map(|job| match &job.skill {
+                        SkillChoice::Base => Some(None),
+                        SkillChoice::Named(name) => store.slot(name).map(Some),
+                        SkillChoice::Auto => None,
+                    })
+                    .collect();
+                let batch = match self.rows.first() {
+                    Some(row) => Some(row.slot),
+                    None => models.iter().flatten().next().copied(),
+                };
+                let others_wait =
+                    !self.rows.is_empty() && models.iter().flatten().any(|m| Some(*m) != batch);
+                let mut left = room;
+                models
+                    .iter()
+                    .map(|m| {
+                        let ok = left > 0
+                            && match m {
+                                None => true,
+                                Some(m) => Some(*m) == batch && !others_wait,
+                            };
+                        left -= usize::from(ok);
+                        ok
+                    })
+                    .collect()
+            }
+        };
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for (job, take) in self.pending.drain(..).zip(take) {
+            if take {
+                taken.push(job);
+            } else {
+                kept.push_back(job);
+            }
+        }
+        self.pending = kept;
+        taken
+    }
+
     fn administer(&mut self, command: Admin) {
-        let skills = &mut self.backbone.skills;
+        let skills = match &mut self.backbone.weights {
+            Weights::Shared { skills, .. } => skills,
+            Weights::Separate(_) => {
+                let refuse = || {
+                    ApiError::Unsupported(
+                        "the separate-models baseline serves a fixed set of models".into(),
+                    )
+                };
+                match command {
+                    Admin::Load(_, reply) => drop(reply.send(Err(refuse()))),
+                    Admin::Unload(_, reply) => drop(reply.send(Err(refuse()))),
+                }
+                return;
+            }
+        };
         match command {
             Admin::Load(pack, reply) => {
                 let name = &pack.meta.skill;
@@ -361,66 +479,27 @@ impl Engine {
         }
     }
 
-    /// Prefills `job` alone, sends its first token and joins its cache to the batch.
-    fn admit(&mut self, job: Job) {
+    /// Takes `job` out of the queue for the next pass: looks up (or routes) its skill and
+    /// sets up its sampler; a job that cannot run is told why and dropped.
+    fn prepare(&mut self, job: Job) -> Option<Arrival> {
         self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
         if job.events.is_closed() {
             self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         self.stats.admitted.fetch_add(1, Ordering::Relaxed);
         // The skill is looked up now: it may have been unloaded while the request waited.
-        let slot = match self.slot_of(&job) {
-            Ok(slot) => slot,
+        let prepared = self.slot_of(&job).and_then(|slot| {
+            Sampler::new(job.sampling)
+                .map(|sampler| (slot, sampler))
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        });
+        match prepared {
+            Ok((slot, sampler)) => Some(Arrival { job, slot, sampler }),
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let _ = job.events.send(Event::Failed(e));
-                return;
-            }
-        };
-        let prefilled = (|| -> skillzip_lm::Result<(KvCache, Vec<f32>, Sampler)> {
-            let sampler = Sampler::new(job.sampling)?;
-            self.backbone.skills.assign_rows(&[slot])?;
-            let ids = Tensor::from_vec(job.prompt.clone(), (1, job.prompt.len()), &Device::Cpu)?;
-            let mut cache = KvCache::new();
-            let logits = self.backbone.model.forward(
-                &ids,
-                Some(&mut cache),
-                Logits::Last,
-                &mut self.backbone.skills,
-            )?;
-            Ok((cache, logits.flatten_all()?.to_vec1()?, sampler))
-        })();
-        let (cache, logits, sampler) = match prefilled {
-            Ok(p) => p,
-            Err(e) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = job
-                    .events
-                    .send(Event::Failed(ApiError::Internal(e.to_string())));
-                return;
-            }
-        };
-        self.stats
-            .prompt_tokens
-            .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
-        let mut row = Row {
-            job,
-            slot,
-            sampler,
-            generated: Vec::new(),
-            sent: 0,
-            next: 0,
-        };
-        if self.accept(&mut row, &logits) {
-            // With no rows running, the cache is an empty continuous one (`retain` and
-            // `fail_batch` reset it), so the first row simply joins it.
-            match self.cache.join(cache) {
-                Ok(()) => {
-                    self.rows.push(row);
-                    self.stats.running.store(self.rows.len(), Ordering::Relaxed);
-                }
-                Err(e) => self.fail_row(row, &e.to_string()),
+                None
             }
         }
     }
@@ -436,20 +515,23 @@ impl Engine {
                 name
             }
         };
-        self.backbone
-            .skills
-            .slot(&name)
-            .map(Some)
-            .ok_or(ApiError::UnknownModel(name))
+        let slot = match &self.backbone.weights {
+            Weights::Shared { skills, .. } => skills.slot(&name),
+            Weights::Separate(store) => store.slot(&name),
+        };
+        slot.map(Some).ok_or(ApiError::UnknownModel(name))
     }
 
     /// The router's skill for a prompt: its features are the backbone's last hidden states
     /// (before the final norm) averaged over the prompt's tokens, as the router was trained.
     fn route(&self, prompt: &[u32]) -> Result<String, ApiError> {
-        let router = self.backbone.router.as_ref().ok_or_else(|| {
-            ApiError::Unsupported("this server has no router: name a skill or base".into())
-        })?;
-        let features = token_features(&self.backbone.model, prompt)
+        let no_router =
+            || ApiError::Unsupported("this server has no router: name a skill or base".into());
+        let router = self.backbone.router.as_ref().ok_or_else(no_router)?;
+        let Weights::Shared { model, .. } = &self.backbone.weights else {
+            return Err(no_router());
+        };
+        let features = token_features(model, prompt)
             .map_err(|e| ApiError::Internal(format!("routing: {e}")))?;
         let k = router
             .route(&features)
@@ -457,54 +539,115 @@ impl Engine {
         Ok(router.skills()[k].clone())
     }
 
-    /// One decode step of the whole batch.
-    fn step(&mut self) {
-        // Requests whose client has gone leave before the step.
+    /// One forward pass: a decode step for every running request and the prompts of the
+    /// requests arriving now, each its own part ([`Llama::forward_parts`]): every weight is
+    /// read once for all of them. Arrivals get their first token and join the batch.
+    fn step(&mut self, arrivals: Vec<Arrival>) {
+        // Requests whose client has gone leave before the pass.
         let before = self.rows.len();
         let keep: Vec<usize> = (0..before)
             .filter(|&i| !self.rows[i].job.events.is_closed())
             .collect();
         if keep.len() < before {
-            let going_on = self.retain(&keep);
+            self.retain(&keep);
             self.stats
                 .cancelled
                 .fetch_add((before - keep.len()) as u64, Ordering::Relaxed);
-            if !going_on {
-                return;
-            }
         }
-        let next: Vec<u32> = self.rows.iter().map(|r| r.next).collect();
-        let skills: Vec<Option<usize>> = self.rows.iter().map(|r| r.slot).collect();
-        let logits = (|| -> skillzip_lm::Result<Vec<Vec<f32>>> {
-            self.backbone.skills.assign_rows(&skills)?;
-            let ids = Tensor::from_vec(next, (skills.len(), 1), &Device::Cpu)?;
-            let logits = self.backbone.model.forward(
-                &ids,
-                Some(&mut self.cache),
-                Logits::Last,
-                &mut self.backbone.skills,
-            )?;
-            Ok(logits.squeeze(1)?.to_vec2()?)
+        if self.rows.is_empty() && arrivals.is_empty() {
+            return;
+        }
+        let decoding = !self.rows.is_empty();
+        let mut input_rows: Vec<Option<usize>> = self.rows.iter().map(|r| r.slot).collect();
+        for a in &arrivals {
+            input_rows.extend(std::iter::repeat_n(a.slot, a.job.prompt.len()));
+        }
+        let mut caches: Vec<KvCache> = arrivals.iter().map(|_| KvCache::new()).collect();
+        let logits = (|| -> skillzip_lm::Result<Vec<Vec<Vec<f32>>>> {
+            let next: Vec<u32> = self.rows.iter().map(|r| r.next).collect();
+            let decode_ids = Tensor::from_vec(next, (self.rows.len(), 1), &Device::Cpu)?;
+            let prompt_ids: Vec<Tensor> = arrivals
+                .iter()
+                .map(|a| {
+                    let p = &a.job.prompt;
+                    Tensor::from_vec(p.clone(), (1, p.len()), &Device::Cpu)
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let mut parts = Vec::with_capacity(arrivals.len() + 1);
+            if decoding {
+                parts.push(Part {
+                    ids: &decode_ids,
+                    cache: &mut self.cache,
+                });
+            }
+            for (ids, cache) in prompt_ids.iter().zip(caches.iter_mut()) {
+                parts.push(Part { ids, cache });
+            }
+            forward(
+                &mut self.backbone.weights,
+                &self.stats,
+                &mut parts,
+                &input_rows,
+            )?
+            .iter()
+            .map(|l| Ok(l.to_vec2()?))
+            .collect()
         })();
-        self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
-        let logits = match logits {
-            Ok(l) => l,
+        if decoding {
+            self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut logits = match logits {
+            Ok(l) => l.into_iter(),
             Err(e) => {
-                self.fail_batch(&e.to_string());
+                let message = e.to_string();
+                self.fail_batch(&message);
+                for a in arrivals {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = a
+                        .job
+                        .events
+                        .send(Event::Failed(ApiError::Internal(message.clone())));
+                }
                 return;
             }
         };
-        let mut rows = std::mem::take(&mut self.rows);
-        let mut keep = Vec::with_capacity(rows.len());
-        for (i, (row, logits)) in rows.iter_mut().zip(&logits).enumerate() {
-            if self.accept(row, logits) {
-                keep.push(i);
+        if decoding {
+            let decoded = logits.next().unwrap_or_default();
+            let mut rows = std::mem::take(&mut self.rows);
+            let mut keep = Vec::with_capacity(rows.len());
+            for (i, (row, logits)) in rows.iter_mut().zip(&decoded).enumerate() {
+                if self.accept(row, logits) {
+                    keep.push(i);
+                }
+            }
+            self.rows = rows;
+            if keep.len() < self.rows.len() {
+                self.retain(&keep);
             }
         }
-        self.rows = rows;
-        if keep.len() < self.rows.len() {
-            self.retain(&keep);
+        for ((arrival, cache), logits) in arrivals.into_iter().zip(caches).zip(logits) {
+            self.stats
+                .prompt_tokens
+                .fetch_add(arrival.job.prompt.len() as u64, Ordering::Relaxed);
+            let mut row = Row {
+                job: arrival.job,
+                slot: arrival.slot,
+                sampler: arrival.sampler,
+                generated: Vec::new(),
+                sent: 0,
+                next: 0,
+            };
+            let first = logits.first().map(Vec::as_slice).unwrap_or_default();
+            if self.accept(&mut row, first) {
+                // With no rows running, the cache is an empty continuous one (`retain` and
+                // `fail_batch` reset it), so the first row simply joins it.
+                match self.cache.join(cache) {
+                    Ok(()) => self.rows.push(row),
+                    Err(e) => self.fail_row(row, &e.to_string()),
+                }
+            }
         }
+        self.stats.running.store(self.rows.len(), Ordering::Relaxed);
     }
 
     /// Keeps rows `keep` of the batch (and of its cache); false when none is left.
@@ -531,7 +674,7 @@ impl Engine {
     fn accept(&self, row: &mut Row, logits: &[f32]) -> bool {
         let token = row.sampler.next(logits);
         let tokenizer = &self.backbone.tokenizer;
-        let max_positions = self.backbone.model.config().max_position_embeddings;
+        let max_positions = self.backbone.config().max_position_embeddings;
         let finish = if row.job.stop_ids.contains(&token) {
             Some(FinishReason::Stop)
         } else {
@@ -597,6 +740,40 @@ impl Engine {
             .job
             .events
             .send(Event::Failed(ApiError::Internal(message.to_string())));
+    }
+}
+
+/// One forward pass of `parts`, input row `r` (every token of every part's rows, in order)
+/// through skill `input_rows[r]`; each part's last-position logits.
+fn forward(
+    weights: &mut Weights,
+    stats: &Stats,
+    parts: &mut [Part<'_>],
+    input_rows: &[Option<usize>],
+) -> skillzip_lm::Result<Vec<Tensor>> {
+    match weights {
+        Weights::Shared { model, skills } => {
+            skills.assign_input_rows(input_rows)?;
+            model.forward_parts(parts, skills)
+        }
+        Weights::Separate(store) => {
+            let slot = input_rows.first().copied().flatten();
+            if input_rows.iter().any(|s| *s != slot) {
+                return Err(skillzip_lm::Error::InvalidInput(
+                    "a batch of separate models mixes skills".into(),
+                ));
+            }
+            let (model, reload) = store
+                .activate(slot)
+                .map_err(|e| skillzip_lm::Error::InvalidInput(e.to_string()))?;
+            if let Some(reload) = reload {
+                stats.reloads.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .reload_ms
+                    .fetch_add(reload.took.as_millis() as u64, Ordering::Relaxed);
+            }
+            model.forward_parts(parts, &mut NoHook)
+        }
     }
 }
 

@@ -1,9 +1,11 @@
-//! Building the engine's [`Backbone`] from a base checkpoint and an optional bundle.
+//! Building the engine's [`Backbone`] from a base checkpoint and an optional bundle: one
+//! backbone with skillpacks, or the separate-models baseline.
 
 use std::path::Path;
 
 use skillzip_format::BackboneHasher;
 use skillzip_format::bundle::Bundle;
+use skillzip_format::skillpack::Skillpack;
 use skillzip_harness::router::Router;
 use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::model::Llama;
@@ -11,8 +13,9 @@ use skillzip_lm::skillpack::{SkillpackSet, bundle_model};
 use skillzip_lm::tokenizer::Tokenizer;
 
 use crate::api::reserved_skill_name;
-use crate::engine::Backbone;
+use crate::engine::{Backbone, Weights};
 use crate::error::{Error, Result};
+use crate::store::{ModelStore, weight_bytes};
 
 /// A loaded backbone and what the server needs to know about it.
 pub struct Loaded {
@@ -25,10 +28,83 @@ pub struct Loaded {
 }
 
 /// The base model plus the bundle's shared backbone delta, with every skillpack of the
-/// bundle loaded and the bundle's router (checked against the model's width and skills). The backbone's weights are hashed and must match the bundle's manifest
-/// (a bundle made from another base is refused); each skillpack is checked against the
-/// manifest by [`Bundle::skillpack`].
+/// bundle loaded and the bundle's router (checked against the model's width and skills). The
+/// backbone's weights are hashed and must match the bundle's manifest (a bundle made from
+/// another base is refused); each skillpack is checked against the manifest by
+/// [`Bundle::skillpack`].
 pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
+    let opened = open(base, bundle)?;
+    let mut skills = SkillpackSet::new(opened.model.config());
+    for pack in &opened.packs {
+        skills.insert(pack).map_err(|e| {
+            Error::Config(format!(
+                "{}: skill {}: {e}",
+                bundle.unwrap_or(base).display(),
+                pack.meta.skill
+            ))
+        })?;
+    }
+    Ok(Loaded {
+        skills: opened.packs.iter().map(|p| p.meta.skill.clone()).collect(),
+        backbone: Backbone {
+            weights: Weights::Shared {
+                model: opened.model,
+                skills,
+            },
+            tokenizer: opened.tokenizer,
+            router: opened.router,
+        },
+        backbone_hash: opened.backbone_hash,
+    })
+}
+
+/// The separate-models baseline over the same base and bundle as [`backbone`]: every skill's
+/// merged full model written under `store` ([`ModelStore::create`]), at most `budget` bytes
+/// of weights resident. The default budget is what the shared backbone needs: the backbone
+/// plus every skillpack. No router: the baseline serves named skills and the base.
+pub fn separate_models(
+    base: &Path,
+    bundle: Option<&Path>,
+    store: &Path,
+    budget: Option<u64>,
+    progress: impl FnMut(&str),
+) -> Result<Loaded> {
+    let opened = open(base, bundle)?;
+    let shared_bytes = weight_bytes(&opened.model)
+        + opened
+            .packs
+            .iter()
+            .flat_map(|p| p.layers.values())
+            .map(|e| e.layer.storage_bytes() as u64)
+            .sum::<u64>();
+    let store = ModelStore::create(
+        store,
+        opened.model,
+        &opened.packs,
+        budget.unwrap_or(shared_bytes),
+        progress,
+    )?;
+    Ok(Loaded {
+        skills: store.skills().to_vec(),
+        backbone: Backbone {
+            weights: Weights::Separate(store),
+            tokenizer: opened.tokenizer,
+            router: None,
+        },
+        backbone_hash: opened.backbone_hash,
+    })
+}
+
+/// A base and bundle, opened and checked.
+struct Opened {
+    model: Llama,
+    tokenizer: Tokenizer,
+    backbone_hash: String,
+    packs: Vec<Skillpack>,
+    router: Option<Router>,
+}
+
+fn open(base: &Path, bundle: Option<&Path>) -> Result<Opened> {
     let ckpt = Checkpoint::open(base)?;
     let tokenizer = Tokenizer::of_checkpoint(&ckpt)?;
     let config = ckpt.config().clone();
@@ -40,68 +116,61 @@ pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
             config.vocab_size
         )));
     }
-    let mut skills = SkillpackSet::new(&config);
-    let mut names = Vec::new();
-    let mut router = None;
-    let (model, backbone_hash) = match bundle {
-        Some(dir) => {
-            let bundle = Bundle::open(dir)?;
-            let (model, _) = bundle_model(&ckpt, &bundle, None)?;
-            let hash = backbone_hash(&model)?;
-            let expected = &bundle.manifest().base.backbone_hash;
-            if &hash != expected {
-                return Err(Error::Config(format!(
-                    "{}: the bundle was made for backbone {expected}; {} plus its backbone \
-                     delta is {hash} (another base model?)",
-                    dir.display(),
-                    base.display()
-                )));
-            }
-            for entry in &bundle.manifest().skillpacks {
-                if let Some(why) = reserved_skill_name(&entry.name) {
-                    return Err(Error::Config(format!("{}: {why}", dir.display())));
-                }
-                let pack = bundle.skillpack(&entry.name)?;
-                skills.insert(&pack).map_err(|e| {
-                    Error::Config(format!("{}: skill {}: {e}", dir.display(), entry.name))
-                })?;
-                names.push(entry.name.clone());
-            }
-            if let Some(bytes) = bundle.router_bytes()? {
-                let label = format!("{}: router", dir.display());
-                let r = Router::from_json_bytes(&bytes)
-                    .map_err(|e| Error::Config(format!("{label}: {e}")))?;
-                if r.dim() != config.hidden_size {
-                    return Err(Error::Config(format!(
-                        "{label}: features of width {}, the model's hidden size is {}",
-                        r.dim(),
-                        config.hidden_size
-                    )));
-                }
-                if let Some(missing) = r.skills().iter().find(|s| !names.contains(s)) {
-                    return Err(Error::Config(format!(
-                        "{label}: routes to skill {missing}, which the bundle does not hold"
-                    )));
-                }
-                router = Some(r);
-            }
-            (model, hash)
-        }
-        None => {
-            let model = Llama::from_checkpoint(&ckpt)?;
-            let hash = backbone_hash(&model)?;
-            (model, hash)
-        }
-    };
-    Ok(Loaded {
-        backbone: Backbone {
+    let Some(dir) = bundle else {
+        let model = Llama::from_checkpoint(&ckpt)?;
+        return Ok(Opened {
+            backbone_hash: backbone_hash(&model)?,
             model,
             tokenizer,
-            skills,
-            router,
-        },
-        skills: names,
-        backbone_hash,
+            packs: Vec::new(),
+            router: None,
+        });
+    };
+    let bundle = Bundle::open(dir)?;
+    let (model, _) = bundle_model(&ckpt, &bundle, None)?;
+    let hash = backbone_hash(&model)?;
+    let expected = &bundle.manifest().base.backbone_hash;
+    if &hash != expected {
+        return Err(Error::Config(format!(
+            "{}: the bundle was made for backbone {expected}; {} plus its backbone delta is \
+             {hash} (another base model?)",
+            dir.display(),
+            base.display()
+        )));
+    }
+    let mut packs = Vec::new();
+    for entry in &bundle.manifest().skillpacks {
+        if let Some(why) = reserved_skill_name(&entry.name) {
+            return Err(Error::Config(format!("{}: {why}", dir.display())));
+        }
+        packs.push(bundle.skillpack(&entry.name)?);
+    }
+    let names: Vec<&String> = packs.iter().map(|p| &p.meta.skill).collect();
+    let mut router = None;
+    if let Some(bytes) = bundle.router_bytes()? {
+        let label = format!("{}: router", dir.display());
+        let r =
+            Router::from_json_bytes(&bytes).map_err(|e| Error::Config(format!("{label}: {e}")))?;
+        if r.dim() != config.hidden_size {
+            return Err(Error::Config(format!(
+                "{label}: features of width {}, the model's hidden size is {}",
+                r.dim(),
+                config.hidden_size
+            )));
+        }
+        if let Some(missing) = r.skills().iter().find(|s| !names.contains(s)) {
+            return Err(Error::Config(format!(
+                "{label}: routes to skill {missing}, which the bundle does not hold"
+            )));
+        }
+        router = Some(r);
+    }
+    Ok(Opened {
+        model,
+        tokenizer,
+        backbone_hash: hash,
+        packs,
+        router,
     })
 }
 

@@ -56,6 +56,19 @@ struct ServeArgs {
     /// Seconds a client may take to send its request body (then 408).
     #[arg(long, default_value_t = 30.0)]
     body_timeout_s: f64,
+    /// Seconds a client may take to send a request's header (then the connection closes);
+    /// also how long an idle kept-alive connection stays open.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_s: f64,
+    /// Serve the separate-models baseline instead: each skill as its own full model (the
+    /// backbone with the skillpack's delta merged in), written under this directory and
+    /// read back on demand when the memory budget had evicted it.
+    #[arg(long, value_name = "DIR")]
+    separate_models: Option<PathBuf>,
+    /// With --separate-models: MiB of weights resident at once (default: what the shared
+    /// backbone needs, the backbone plus every skillpack).
+    #[arg(long, requires = "separate_models")]
+    memory_budget_mib: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +106,12 @@ struct BenchArgs {
     /// Write the report with every request as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Fraction of requests the client cancels part-way (a soak run).
+    #[arg(long, default_value_t = 0.0)]
+    cancel_fraction: f64,
+    /// Fraction of requests replaced by malformed ones, each of which must get a 4xx.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_fraction: f64,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +140,8 @@ fn run(cli: Cli) -> serve_min::Result<()> {
             seed,
             timeout_s,
             json,
+            cancel_fraction,
+            malformed_fraction,
         }) => {
             let config = BenchConfig {
                 addr: server,
@@ -133,6 +154,8 @@ fn run(cli: Cli) -> serve_min::Result<()> {
                 token_range: parse_range(&token_range)?,
                 seed,
                 timeout: seconds(timeout_s, "--timeout-s")?,
+                cancel_fraction,
+                malformed_fraction,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -144,7 +167,12 @@ fn run(cli: Cli) -> serve_min::Result<()> {
             let report = runtime.block_on(bench::run(&config))?;
             print!("{}", report.table());
             for r in report.records.iter().filter(|r| r.error.is_some()).take(5) {
-                eprintln!("failed ({}): {}", r.skill, r.error.as_deref().unwrap_or(""));
+                eprintln!(
+                    "failed ({}, {:?}): {}",
+                    r.skill,
+                    r.kind,
+                    r.error.as_deref().unwrap_or("")
+                );
             }
             if let Some(path) = json {
                 let text = serde_json::to_vec_pretty(&report)
@@ -205,18 +233,44 @@ fn run_server(args: ServeArgs) -> serve_min::Result<()> {
         max_queue,
         admin,
         body_timeout_s,
+        header_timeout_s,
+        separate_models,
+        memory_budget_mib,
     } = args;
     let body_timeout = seconds(body_timeout_s, "--body-timeout-s")?;
+    let header_timeout = seconds(header_timeout_s, "--header-timeout-s")?;
     if max_batch == 0 || max_queue == 0 {
         return Err(serve_min::Error::Config(
             "--max-batch and --max-queue must be at least 1".into(),
         ));
     }
     eprintln!("serve-min: loading {}", base.display());
-    let loaded = serve_min::load::backbone(&base, bundle.as_deref())?;
+    let loaded = match &separate_models {
+        None => serve_min::load::backbone(&base, bundle.as_deref())?,
+        Some(dir) => {
+            if admin {
+                return Err(serve_min::Error::Config(
+                    "--admin: the separate-models baseline serves a fixed set of models".into(),
+                ));
+            }
+            let budget = memory_budget_mib.map(|m| m.saturating_mul(1 << 20));
+            let loaded =
+                serve_min::load::separate_models(&base, bundle.as_deref(), dir, budget, |name| {
+                    eprintln!("serve-min: writing the full model of {name}")
+                })?;
+            if let engine::Weights::Separate(store) = &loaded.backbone.weights {
+                eprintln!(
+                    "serve-min: separate models of {} MiB each, {} resident at once",
+                    store.model_bytes() >> 20,
+                    store.capacity()
+                );
+            }
+            loaded
+        }
+    };
     let backbone = loaded.backbone;
     let routing = backbone.router.is_some();
-    let context = backbone.model.config().max_position_embeddings;
+    let context = backbone.config().max_position_embeddings;
     let tokenizer = backbone.tokenizer.clone();
     let handle = engine::start(
         backbone,
@@ -246,11 +300,10 @@ fn run_server(args: ServeArgs) -> serve_min::Result<()> {
             listener.local_addr()?,
             names.iter().map(|n| format!(", {n}")).collect::<String>()
         );
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        serve_min::server::serve(listener, router(state), header_timeout, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
         Ok(())
     })
 }

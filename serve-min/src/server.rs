@@ -14,6 +14,10 @@
 //! disconnects cancels its request: the engine drops its row at the next step. The admin
 //! routes read files named by the client, so they exist only when the server is started with
 //! them enabled (`serve-min serve --admin`).
+//!
+//! [`serve`] accepts connections: HTTP/1.1 with a deadline for each request's header (a client
+//! that trickles its header in, or opens a connection and sends nothing, is dropped when it
+//! passes) on top of the handlers' deadline for the body.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +42,45 @@ use crate::api::{
 };
 use crate::engine::{EngineHandle, Event, FinishReason, Job, SkillChoice};
 use crate::error::ApiError;
+
+/// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1, each connection on its
+/// own task, a connection whose request header has not fully arrived within `header_timeout`
+/// closed (axum's own `serve` sets no timer, so slow-header clients would hold connections
+/// for ever). Connections still open at shutdown are dropped with the runtime.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of descriptors or a connection reset while queued: the listener itself is
+            // fine, so wait a moment and go on accepting.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            // A connection's errors (a reset, the header deadline) concern only it.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -237,6 +280,11 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
             s.generated_tokens.load(Ordering::Relaxed),
         ),
         ("decode_steps_total", s.decode_steps.load(Ordering::Relaxed)),
+        ("model_reloads_total", s.reloads.load(Ordering::Relaxed)),
+        (
+            "model_reload_milliseconds_total",
+            s.reload_ms.load(Ordering::Relaxed),
+        ),
     ];
     let gauges = [
         ("requests_running", s.running.load(Ordering::Relaxed)),

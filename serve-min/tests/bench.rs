@@ -21,6 +21,8 @@ fn config(server: &Server, requests: usize, skills: &[(&str, f64)]) -> BenchConf
         token_range: (3, 259),
         seed: 4,
         timeout: Duration::from_secs(60),
+        cancel_fraction: 0.0,
+        malformed_fraction: 0.0,
     }
 }
 
@@ -75,4 +77,49 @@ fn failures_are_counted_with_their_reason() {
     let mut bad = config(&server, 3, &[("base", 1.0)]);
     bad.rate = 0.0;
     assert!(runtime.block_on(run(&bad)).is_err());
+}
+
+#[test]
+fn a_soak_mix_cancels_and_sends_malformed_requests_and_the_server_stays_sound() {
+    let server = Server::start(EngineConfig::default(), true);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut soak = config(&server, 60, &[("math", 1.0), ("code", 1.0), ("base", 1.0)]);
+    soak.cancel_fraction = 0.3;
+    soak.malformed_fraction = 0.3;
+    soak.gen_tokens = 40;
+    let report = runtime.block_on(run(&soak)).unwrap();
+    let failures: Vec<_> = report
+        .records
+        .iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(report.cancelled > 0 && report.refused > 0, "{report:#?}");
+    assert_eq!(
+        report.completed + report.cancelled + report.refused,
+        report.requests
+    );
+    assert!(report.table().contains("malformed requests refused"));
+    // Every kind of malformed request was tried at least once over a few seeds' worth.
+    let kinds: std::collections::BTreeSet<_> = report
+        .records
+        .iter()
+        .filter_map(|r| match r.kind {
+            serve_min::bench::RequestKind::Malformed(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert!(kinds.len() >= 4, "{kinds:?}");
+    // Cancelled requests leave the batch: nothing keeps running or waiting.
+    let start = std::time::Instant::now();
+    while server.metric("requests_running") + server.metric("requests_waiting") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "requests left behind"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let normal = config(&server, 4, &[("math", 1.0)]);
+    let after = runtime.block_on(run(&normal)).unwrap();
+    assert_eq!(after.completed, 4, "{after:#?}");
 }

@@ -573,3 +573,34 @@ fn auto_requests_run_through_the_skill_the_router_picks_and_say_which() {
         "the router sent every prompt to one skill: {seen:?}"
     );
 }
+
+#[test]
+fn clients_that_trickle_or_never_send_a_header_are_cut_off_and_others_are_served() {
+    let server = running();
+    // One sends part of a header, one nothing at all.
+    let mut partial = TcpStream::connect(server.addr).unwrap();
+    write!(partial, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let silent = TcpStream::connect(server.addr).unwrap();
+    let r = server.post_json("/v1/completions", &completion("base", "meanwhile", 3));
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    for mut stalled in [partial, silent] {
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut rest = Vec::new();
+        // The server closes the connection (possibly after a 408 of its own).
+        stalled.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited < common::HEADER_TIMEOUT * 5,
+        "closed after {waited:?}, the deadline is {:?}",
+        common::HEADER_TIMEOUT
+    );
+}

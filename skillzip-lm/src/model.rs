@@ -366,52 +366,107 @@ impl Block {
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         hook: &mut dyn LinearHook,
     ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let mut parts = [BlockPart {
+            shape: (b, t),
+            pos,
+            kv,
+        }];
+        let y = self.forward_rows(config, &x.reshape((b * t, d))?, &mut parts, hook)?;
+        Ok(y.reshape((b, t, d))?)
+    }
+
+    /// Runs the block on the rows `x` (`[rows, d]`) of several parts, part after part and
+    /// each batch-major: every linear once over all rows, attention per part on its own
+    /// positions and cache.
+    fn forward_rows(
+        &self,
+        config: &LlamaConfig,
+        x: &Tensor,
+        parts: &mut [BlockPart<'_>],
+        hook: &mut dyn LinearHook,
+    ) -> Result<Tensor> {
         let l = self.layer;
         let c = config;
-        let (b, t, d) = x.dims3()?;
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        let h = rms_norm(x, &self.input_norm, c.rms_norm_eps)?.reshape((b * t, d))?;
+        let d = c.hidden_size;
+        let h = rms_norm(x, &self.input_norm, c.rms_norm_eps)?;
         let [wq, wk, wv, wo, wg, wu, wd] = &self.linears;
-        let split = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = split(linear(&h, wq, l, LinearKind::Q, hook)?, heads)?;
-        let k = split(linear(&h, wk, l, LinearKind::K, hook)?, kv_heads)?;
-        let v = split(linear(&h, wv, l, LinearKind::V, hook)?, kv_heads)?;
-        let q = rope(&q, &pos.cos, &pos.sin)?;
-        let mut k = rope(&k, &pos.cos, &pos.sin)?;
-        let mut v = v;
-        if let Some(slot) = kv {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+        let q_rows = linear(&h, wq, l, LinearKind::Q, hook)?;
+        let k_rows = linear(&h, wk, l, LinearKind::K, hook)?;
+        let v_rows = linear(&h, wv, l, LinearKind::V, hook)?;
+        let single = parts.len() == 1;
+        let mut outputs = Vec::with_capacity(parts.len());
+        let mut offset = 0;
+        for part in parts.iter_mut() {
+            let (b, t) = part.shape;
+            let split = |y: &Tensor, n: usize| -> Result<Tensor> {
+                let y = if single {
+                    y.clone()
+                } else {
+                    y.narrow(0, offset, b * t)?
+                };
+                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = rope(&split(&q_rows, heads)?, &part.pos.cos, &part.pos.sin)?;
+            let mut k = rope(&split(&k_rows, kv_heads)?, &part.pos.cos, &part.pos.sin)?;
+            let mut v = split(&v_rows, kv_heads)?;
+            if let Some(slot) = part.kv.as_mut() {
+                if let Some((pk, pv)) = slot.as_ref() {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                // Detached: cached keys would otherwise hold every earlier step's autograd
+                // graph when a trainable (Var-backed) model generates, which grew
+                // self-generation to tens of GB. Nothing differentiates through a cache.
+                **slot = Some((k.detach(), v.detach()));
             }
-            // Detached: cached keys would otherwise hold every earlier step's autograd graph
-            // when a trainable (Var-backed) model generates, which grew self-generation to
-            // tens of GB. Nothing differentiates through a cache.
-            *slot = Some((k.detach(), v.detach()));
+            // Grouped-query attention without copying keys: the `rep` query heads that share
+            // a key/value head are stacked as `rep·t` rows against it (heads are kv-major).
+            let rep = heads / kv_heads;
+            let s = k.dim(2)?;
+            let q = q.reshape((b, kv_heads, rep * t, hd))?;
+            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+            let scores = scores
+                .reshape((b, heads, t, s))?
+                .broadcast_add(&part.pos.mask)?;
+            let att = softmax_last(&scores)?.reshape((b, kv_heads, rep * t, s))?;
+            outputs.push(
+                att.matmul(&v)?
+                    .reshape((b, heads, t, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((b * t, d))?,
+            );
+            offset += b * t;
         }
-        // Grouped-query attention without copying keys: the `rep` query heads that share a
-        // key/value head are stacked as `rep·t` rows against it (heads are kv-major).
-        let rep = heads / kv_heads;
-        let s = k.dim(2)?;
-        let q = q.reshape((b, kv_heads, rep * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let scores = scores.reshape((b, heads, t, s))?.broadcast_add(&pos.mask)?;
-        let att = softmax_last(&scores)?.reshape((b, kv_heads, rep * t, s))?;
-        let o = att
-            .matmul(&v)?
-            .reshape((b, heads, t, hd))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * t, d))?;
-        let x = (x + linear(&o, wo, l, LinearKind::O, hook)?.reshape((b, t, d))?)?;
-        let h = rms_norm(&x, &self.post_attention_norm, c.rms_norm_eps)?.reshape((b * t, d))?;
+        let o = if single {
+            outputs.swap_remove(0)
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        let x = (x + linear(&o, wo, l, LinearKind::O, hook)?)?;
+        let h = rms_norm(&x, &self.post_attention_norm, c.rms_norm_eps)?;
         let gate = candle_nn::ops::silu(&linear(&h, wg, l, LinearKind::Gate, hook)?)?;
         let up = linear(&h, wu, l, LinearKind::Up, hook)?;
         let down = linear(&(gate * up)?, wd, l, LinearKind::Down, hook)?;
-        Ok((x + down.reshape((b, t, d))?)?)
+        Ok((x + down)?)
     }
+}
+
+/// One part's view of a block call: its `(batch, tokens)`, positions and cached keys.
+struct BlockPart<'a> {
+    shape: (usize, usize),
+    pos: &'a Positions,
+    kv: Option<&'a mut Option<(Tensor, Tensor)>>,
+}
+
+/// One part of a [`Llama::forward_parts`] pass: token ids after what its cache holds.
+pub struct Part<'a> {
+    /// Token ids `[batch, tokens]` (u32).
+    pub ids: &'a Tensor,
+    /// The cache the part's keys and values extend.
+    pub cache: &'a mut KvCache,
 }
 
 /// A Llama-family decoder.
@@ -561,10 +616,129 @@ impl Llama {
         cache: Option<&mut KvCache>,
         hook: &mut dyn LinearHook,
     ) -> Result<Tensor> {
-        let (batch, tokens) = ids.dims2()?;
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        let left_pad = cache.as_ref().and_then(|c| c.left_pad.clone());
-        let row_positions = cache.as_ref().is_some_and(|c| c.row_positions);
+        let mut out = self.hidden_parts(&mut [(ids, cache)], hook)?;
+        Ok(out.swap_remove(0))
+    }
+
+    /// Runs several parts — e.g. a continuous batch's decode step and new prompts' prefills —
+    /// in one pass: each weight is applied once to all the parts' token rows (the hook sees
+    /// them part after part, each part batch-major), while attention runs per part on its own
+    /// cache. Returns each part's last-position logits `[batch, vocab]`. Each part computes
+    /// what it computes alone, to the rounding of the larger GEMMs.
+    pub fn forward_parts(
+        &self,
+        parts: &mut [Part<'_>],
+        hook: &mut dyn LinearHook,
+    ) -> Result<Vec<Tensor>> {
+        let mut inputs: Vec<(&Tensor, Option<&mut KvCache>)> = parts
+            .iter_mut()
+            .map(|p| (p.ids, Some(&mut *p.cache)))
+            .collect();
+        let hidden = self.hidden_parts(&mut inputs, hook)?;
+        let last: Vec<Tensor> = hidden
+            .iter()
+            .map(|x| Ok(x.narrow(1, x.dim(1)? - 1, 1)?))
+            .collect::<Result<_>>()?;
+        let x = Tensor::cat(&last, 0)?;
+        let logits = head_logits(&self.config, &x, &self.norm, &self.lm_head)?.squeeze(1)?;
+        let mut out = Vec::with_capacity(last.len());
+        let mut row = 0;
+        for x in &last {
+            let b = x.dim(0)?;
+            out.push(logits.narrow(0, row, b)?);
+            row += b;
+        }
+        Ok(out)
+    }
+
+    /// The last block's output of each part (`[batch, tokens, d]`), all parts in one pass.
+    fn hidden_parts(
+        &self,
+        parts: &mut [(&Tensor, Option<&mut KvCache>)],
+        hook: &mut dyn LinearHook,
+    ) -> Result<Vec<Tensor>> {
+        if parts.is_empty() {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        let d = self.config.hidden_size;
+        let mut shapes = Vec::with_capacity(parts.len());
+        let mut positions = Vec::with_capacity(parts.len());
+        let mut rows = Vec::with_capacity(parts.len());
+        for (ids, cache) in parts.iter_mut() {
+            let (batch, tokens) = ids.dims2()?;
+            let cache = cache.as_deref_mut();
+            positions.push(self.positions(ids, cache.as_deref(), batch, tokens)?);
+            if let Some(c) = cache
+                && c.layers.len() != self.blocks.len()
+            {
+                c.layers = vec![None; self.blocks.len()];
+            }
+            rows.push(self.embed(ids)?.reshape((batch * tokens, d))?);
+            shapes.push((batch, tokens));
+        }
+        let mut x = if rows.len() == 1 {
+            rows.swap_remove(0)
+        } else {
+            Tensor::cat(&rows, 0)?
+        };
+        // A step that fails part-way (a hook error) must not leave some blocks' keys extended.
+        let saved: Vec<Option<Vec<Option<(Tensor, Tensor)>>>> = parts
+            .iter()
+            .map(|(_, c)| c.as_deref().map(|c| c.layers.clone()))
+            .collect();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut block_parts: Vec<BlockPart<'_>> = parts
+                .iter_mut()
+                .zip(&shapes)
+                .zip(&positions)
+                .map(|(((_, cache), &shape), pos)| BlockPart {
+                    shape,
+                    pos,
+                    kv: cache.as_deref_mut().map(|c| &mut c.layers[l]),
+                })
+                .collect();
+            match block.forward_rows(&self.config, &x, &mut block_parts, hook) {
+                Ok(y) => x = y,
+                Err(e) => {
+                    drop(block_parts);
+                    for ((_, cache), saved) in parts.iter_mut().zip(saved) {
+                        if let (Some(c), Some(saved)) = (cache.as_deref_mut(), saved) {
+                            c.layers = saved;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        let mut row = 0;
+        for ((_, cache), &(batch, tokens)) in parts.iter_mut().zip(&shapes) {
+            if let Some(c) = cache.as_deref_mut() {
+                c.len += tokens;
+            }
+            let part = if shapes.len() == 1 {
+                x.clone()
+            } else {
+                x.narrow(0, row, batch * tokens)?
+            };
+            out.push(part.reshape((batch, tokens, d))?);
+            row += batch * tokens;
+        }
+        Ok(out)
+    }
+
+    /// Checks `ids` (`[batch, tokens]`) against the model and `cache` and builds their
+    /// position tables.
+    fn positions(
+        &self,
+        ids: &Tensor,
+        cache: Option<&KvCache>,
+        batch: usize,
+        tokens: usize,
+    ) -> Result<Positions> {
+        let past = cache.map_or(0, |c| c.len);
+        let left_pad = cache.and_then(|c| c.left_pad.clone());
+        let row_positions = cache.is_some_and(|c| c.row_positions);
         if let Some(pad) = &left_pad
             && pad.len() != batch
         {
@@ -590,35 +764,10 @@ impl Llama {
                 self.config.vocab_size
             )));
         }
-        let mut x = self.embed(ids)?;
-        let pos = match &left_pad {
-            Some(pad) if row_positions => Positions::per_row(&self.config, past, tokens, pad)?,
-            _ => Positions::padded(&self.config, past, tokens, left_pad.as_deref())?,
-        };
-        let mut cache = cache;
-        if let Some(c) = cache.as_deref_mut()
-            && c.layers.len() != self.blocks.len()
-        {
-            c.layers = vec![None; self.blocks.len()];
+        match &left_pad {
+            Some(pad) if row_positions => Positions::per_row(&self.config, past, tokens, pad),
+            _ => Positions::padded(&self.config, past, tokens, left_pad.as_deref()),
         }
-        // A step that fails part-way (a hook error) must not leave some blocks' keys extended.
-        let saved = cache.as_deref().map(|c| c.layers.clone());
-        for (l, block) in self.blocks.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            match block.forward(&self.config, &x, &pos, kv, hook) {
-                Ok(y) => x = y,
-                Err(e) => {
-                    if let (Some(c), Some(saved)) = (cache.as_deref_mut(), saved) {
-                        c.layers = saved;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        if let Some(c) = cache {
-            c.len += tokens;
-        }
-        Ok(x)
     }
 
     /// The token embeddings of `ids` (`[batch, tokens]`): `[batch, tokens, d]`.

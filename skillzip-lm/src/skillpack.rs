@@ -115,8 +115,10 @@ pub struct SkillpackSet {
     slots: Vec<Option<SetEntry>>,
     /// Per linear: the slots carrying it and their packed layer.
     by_linear: HashMap<(usize, LinearKind), Vec<(usize, PackedLayer)>>,
-    /// The slot of each batch row (`None`: the backbone alone).
+    /// The slot of each batch row (`None`: the backbone alone), or of each input row when
+    /// `per_input_row`.
     rows: Vec<Option<usize>>,
+    per_input_row: bool,
     kernel: Kernel,
     scratch: KernelScratch,
     /// Per input row of the current call: its position in the linear's slot list.
@@ -146,6 +148,7 @@ impl SkillpackSet {
             slots: Vec::new(),
             by_linear: HashMap::new(),
             rows: Vec::new(),
+            per_input_row: false,
             kernel: Kernel::detect(),
             scratch: KernelScratch::default(),
             row_group: Vec::new(),
@@ -227,6 +230,17 @@ impl SkillpackSet {
     /// splits them evenly, so it refuses a count that does not divide but cannot tell a batch
     /// of 2 rows of 8 tokens from one of 4 rows of 4.
     pub fn assign_rows(&mut self, rows: &[Option<usize>]) -> Result<()> {
+        self.assign(rows, false)
+    }
+
+    /// Sets the skill slot of each *input row* of the following passes: one entry per token
+    /// of every row of every part ([`crate::model::Llama::forward_parts`]), in the order the
+    /// linears see them. Every slot must hold a skillpack.
+    pub fn assign_input_rows(&mut self, rows: &[Option<usize>]) -> Result<()> {
+        self.assign(rows, true)
+    }
+
+    fn assign(&mut self, rows: &[Option<usize>], per_input_row: bool) -> Result<()> {
         if let Some((row, slot)) = rows.iter().enumerate().find_map(|(r, s)| {
             s.filter(|&s| self.slots.get(s).is_none_or(Option::is_none))
                 .map(|s| (r, s))
@@ -237,6 +251,7 @@ impl SkillpackSet {
         }
         self.rows.clear();
         self.rows.extend_from_slice(rows);
+        self.per_input_row = per_input_row;
         Ok(())
     }
 }
@@ -248,6 +263,11 @@ impl LinearHook for SkillpackSet {
         };
         let (n, _) = x.dims2()?;
         let batch = self.rows.len();
+        if self.per_input_row && n != batch {
+            return Err(Error::InvalidInput(format!(
+                "{n} input rows, {batch} assigned"
+            )));
+        }
         if batch == 0 || n % batch != 0 {
             return Err(Error::InvalidInput(format!(
                 "{n} input rows do not split into the {batch} assigned batch rows"

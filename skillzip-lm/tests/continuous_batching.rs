@@ -423,3 +423,118 @@ fn a_skillpack_set_refuses_what_it_cannot_serve() {
     let b = logits_with(&model, &[&[1, 2], &[3, 4]], &mut NoHook);
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_decode_step_and_new_prompts_in_one_pass_compute_what_each_computes_alone() {
+    use LinearKind::*;
+    use skillzip_lm::model::Part;
+    let model = model();
+    let config = model.config().clone();
+    let packs = [
+        pack("math", &[(0, Q), (0, Down), (1, Up)], 1),
+        pack("code", &[(0, Down), (1, V), (1, O)], 2),
+    ];
+    let mut set = SkillpackSet::new(&config);
+    for p in &packs {
+        set.insert(p).unwrap();
+    }
+    // Prompts 0 and 1 are decoding (math, code) when 2 (no skill) and 3 (math) arrive.
+    let skill_of = [Some(0), Some(1), None, Some(0)];
+    let prompts = prompts(config.vocab_size);
+    let references: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .zip(skill_of)
+        .map(|(p, s)| match s {
+            Some(k) => alone_with(
+                &model,
+                p,
+                &mut SkillpackHook::new(&packs[k], &config).unwrap(),
+            ),
+            None => alone_with(&model, p, &mut NoHook),
+        })
+        .collect();
+    let mut batch = KvCache::continuous();
+    for r in 0..2 {
+        set.assign_rows(&[skill_of[r]]).unwrap();
+        let (cache, first) = prefill(&model, &prompts[r], &mut set);
+        assert_close(&first, &references[r][0], TOL, "prefill");
+        batch.join(cache).unwrap();
+    }
+    let mut step_of = [1usize, 1, 0, 0];
+    let next = |r: usize, k: usize| argmax(&references[r][k - 1]);
+    // Two decode steps of the running pair first.
+    for _ in 0..2 {
+        set.assign_rows(&skill_of[..2]).unwrap();
+        let got = step(
+            &model,
+            &mut batch,
+            &[next(0, step_of[0]), next(1, step_of[1])],
+            &mut set,
+        );
+        for r in 0..2 {
+            assert_close(&got[r], &references[r][step_of[r]], TOL, "decode");
+            step_of[r] += 1;
+        }
+    }
+    // One pass: the pair's decode step and both new prompts, each its own part.
+    let decode_ids = ids(&[&[next(0, step_of[0])], &[next(1, step_of[1])]]);
+    let (new2, new3) = (ids(&[&prompts[2]]), ids(&[&prompts[3]]));
+    let (mut cache2, mut cache3) = (KvCache::new(), KvCache::new());
+    let mut input_rows: Vec<Option<usize>> = skill_of[..2].to_vec();
+    input_rows.extend(std::iter::repeat_n(skill_of[2], prompts[2].len()));
+    input_rows.extend(std::iter::repeat_n(skill_of[3], prompts[3].len()));
+    set.assign_input_rows(&input_rows).unwrap();
+    let mut parts = [
+        Part {
+            ids: &decode_ids,
+            cache: &mut batch,
+        },
+        Part {
+            ids: &new2,
+            cache: &mut cache2,
+        },
+        Part {
+            ids: &new3,
+            cache: &mut cache3,
+        },
+    ];
+    let logits = model.forward_parts(&mut parts, &mut set).unwrap();
+    let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+    let decoded = rows(&logits[0]);
+    for r in 0..2 {
+        assert_close(&decoded[r], &references[r][step_of[r]], TOL, "mixed decode");
+        step_of[r] += 1;
+    }
+    assert_close(
+        &rows(&logits[1])[0],
+        &references[2][0],
+        TOL,
+        "mixed prefill",
+    );
+    assert_close(
+        &rows(&logits[2])[0],
+        &references[3][0],
+        TOL,
+        "mixed prefill",
+    );
+    step_of[2] = 1;
+    step_of[3] = 1;
+    // The new rows join and all four decode on together.
+    batch.join(cache2).unwrap();
+    batch.join(cache3).unwrap();
+    for _ in 0..4 {
+        set.assign_rows(&skill_of).unwrap();
+        let next_ids: Vec<u32> = (0..4).map(|r| next(r, step_of[r])).collect();
+        let got = step(&model, &mut batch, &next_ids, &mut set);
+        for r in 0..4 {
+            assert_close(&got[r], &references[r][step_of[r]], TOL, "decode");
+            step_of[r] += 1;
+        }
+    }
+    // An input-row assignment of the wrong length is refused, not split.
+    set.assign_input_rows(&[Some(0); 3]).unwrap();
+    let err = model
+        .forward(&ids(&[&prompts[0]]), None, Logits::Last, &mut set)
+        .unwrap_err();
+    assert!(err.to_string().contains("assigned"), "{err}");
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use serve_min::engine::{self, Backbone, EngineConfig, EngineHandle, JobQueue};
+use serve_min::engine::{self, Backbone, EngineConfig, EngineHandle, JobQueue, Weights};
 use serve_min::server::{ServerOptions, ServerState, router};
 use skillzip_format::skillpack::Skillpack;
 use skillzip_harness::router::Router;
@@ -20,6 +20,9 @@ use skillzip_lm::gguf::Value as Meta;
 use skillzip_lm::model::Llama;
 use skillzip_lm::skillpack::{SkillpackSet, random_skillpack};
 use skillzip_lm::tokenizer::Tokenizer;
+
+/// How long the test server waits for a request's header.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Positions of the test model.
 pub const CONTEXT: usize = 512;
@@ -113,9 +116,11 @@ pub fn backbone() -> (Backbone, Vec<String>) {
         })
         .collect();
     let backbone = Backbone {
-        model: model(),
+        weights: Weights::Shared {
+            model: model(),
+            skills,
+        },
         tokenizer: tokenizer(),
-        skills,
         router: None,
     };
     (backbone, names)
@@ -144,8 +149,19 @@ impl Server {
         admin: bool,
     ) -> Self {
         let (mut backbone, names) = backbone();
-        let routing = routes.is_some();
         backbone.router = routes;
+        Self::serve(config, run, backbone, names, admin)
+    }
+
+    /// A running or waiting server over `backbone`, serving skills `names`.
+    pub fn serve(
+        config: EngineConfig,
+        run: bool,
+        backbone: Backbone,
+        names: Vec<String>,
+        admin: bool,
+    ) -> Self {
+        let routing = backbone.router.is_some();
         let (handle, queue) = engine::queue(config);
         let tokenizer = backbone.tokenizer.clone();
         let queue = if run {
@@ -174,7 +190,12 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        runtime.spawn(async move { axum::serve(listener, router(state)).await });
+        runtime.spawn(serve_min::server::serve(
+            listener,
+            router(state),
+            HEADER_TIMEOUT,
+            std::future::pending(),
+        ));
         Server {
             addr,
             handle,
