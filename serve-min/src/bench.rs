@@ -311,7 +311,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         })
         .to_string();
         let kind = if rng.random::<f64>() < config.malformed_fraction {
-            RequestKind::Malformed(MALFORMED[rng.random_range(0..MALFORMED.len())].0)
+            RequestKind::Malformed(MALFORMED[rng.random_range(0..MALFORMED.len())].name)
         } else if rng.random::<f64>() < config.cancel_fraction {
             RequestKind::Cancelled(rng.random_range(0..config.gen_tokens))
         } else {
@@ -329,12 +329,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
                         stream_completion(addr, &body, begun, Some(after)).await
                     }
                     RequestKind::Malformed(name) => {
-                        let (_, path, bytes) = MALFORMED
+                        let bad = MALFORMED
                             .iter()
-                            .find(|m| m.0 == name)
+                            .find(|m| m.name == name)
                             .copied()
                             .unwrap_or(MALFORMED[0]);
-                        expect_refusal(addr, path, &bytes())
+                        expect_refusal(addr, bad.path, &(bad.body)())
                             .await
                             .map(|()| (None, 0))
                     }
@@ -375,36 +375,65 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
     Ok(Report::new(records, duration))
 }
 
-/// Malformed requests a soak run mixes in: name, path, body. Each must be answered with a
-/// 4xx status and a JSON error body.
-pub const MALFORMED: [(&str, &str, fn() -> Vec<u8>); 8] = [
-    ("truncated_json", "/v1/completions", || {
-        br#"{"model": "base", "prompt": [1, 2"#.to_vec()
-    }),
-    ("unknown_model", "/v1/completions", || {
-        br#"{"model": "no-such-skill", "prompt": "hi"}"#.to_vec()
-    }),
-    ("negative_max_tokens", "/v1/completions", || {
-        br#"{"model": "base", "prompt": "hi", "max_tokens": -5}"#.to_vec()
-    }),
-    ("huge_max_tokens", "/v1/completions", || {
-        br#"{"model": "base", "prompt": "hi", "max_tokens": 1000000000000}"#.to_vec()
-    }),
-    ("invalid_utf8", "/v1/completions", || {
-        b"{\"model\": \"base\", \"prompt\": \"\xff\xfe\"}".to_vec()
-    }),
-    ("prompt_beyond_context", "/v1/completions", || {
-        let ids: Vec<u32> = (0..70_000).map(|i| 256 + i % 1000).collect();
-        json!({"model": "base", "prompt": ids})
-            .to_string()
-            .into_bytes()
-    }),
-    ("wrong_types", "/v1/chat/completions", || {
-        br#"{"model": 5, "messages": "not a list"}"#.to_vec()
-    }),
-    ("not_json", "/v1/chat/completions", || {
-        b"\x00\x01 garbage".to_vec()
-    }),
+/// A malformed request a soak run mixes in; it must be answered with a 4xx status and a
+/// JSON error body.
+#[derive(Debug, Clone, Copy)]
+pub struct Malformed {
+    /// What is wrong with it.
+    pub name: &'static str,
+    /// The route it goes to.
+    pub path: &'static str,
+    /// Its body.
+    pub body: fn() -> Vec<u8>,
+}
+
+/// The malformed requests of a soak run.
+pub const MALFORMED: [Malformed; 8] = [
+    Malformed {
+        name: "truncated_json",
+        path: "/v1/completions",
+        body: || br#"{"model": "base", "prompt": [1, 2"#.to_vec(),
+    },
+    Malformed {
+        name: "unknown_model",
+        path: "/v1/completions",
+        body: || br#"{"model": "no-such-skill", "prompt": "hi"}"#.to_vec(),
+    },
+    Malformed {
+        name: "negative_max_tokens",
+        path: "/v1/completions",
+        body: || br#"{"model": "base", "prompt": "hi", "max_tokens": -5}"#.to_vec(),
+    },
+    Malformed {
+        name: "huge_max_tokens",
+        path: "/v1/completions",
+        body: || br#"{"model": "base", "prompt": "hi", "max_tokens": 1000000000000}"#.to_vec(),
+    },
+    Malformed {
+        name: "invalid_utf8",
+        path: "/v1/completions",
+        body: || b"{\"model\": \"base\", \"prompt\": \"\xff\xfe\"}".to_vec(),
+    },
+    Malformed {
+        name: "prompt_beyond_context",
+        path: "/v1/completions",
+        body: || {
+            let ids: Vec<u32> = (0..70_000).map(|i| 256 + i % 1000).collect();
+            json!({"model": "base", "prompt": ids})
+                .to_string()
+                .into_bytes()
+        },
+    },
+    Malformed {
+        name: "wrong_types",
+        path: "/v1/chat/completions",
+        body: || br#"{"model": 5, "messages": "not a list"}"#.to_vec(),
+    },
+    Malformed {
+        name: "not_json",
+        path: "/v1/chat/completions",
+        body: || b"\x00\x01 garbage".to_vec(),
+    },
 ];
 
 /// Sends a malformed request; fine when the answer is a 4xx with a JSON `error` body.

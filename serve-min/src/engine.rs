@@ -71,6 +71,8 @@ pub struct Backbone {
 }
 
 /// How the skills' weights are held.
+// One per engine, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Weights {
     /// One backbone, every skill a skillpack on it; rows of any skills share a step.
     Shared {

@@ -50,6 +50,9 @@ pub enum Logits {
     Last,
 }
 
+/// One block's cached keys and values, once it has run.
+type CachedKeys = Option<(Tensor, Tensor)>;
+
 /// Keys and values of the positions seen so far, per block.
 ///
 /// The cache is an inference tool: it stores keys and values detached from autograd.
@@ -66,7 +69,7 @@ pub enum Logits {
 /// filler every row has in common is dropped again.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<CachedKeys>,
     len: usize,
     left_pad: Option<Vec<usize>>,
     /// Row `b`'s token at slot `s` sits at position `s − left_pad[b]` (not `s`).
@@ -682,7 +685,7 @@ impl Llama {
             Tensor::cat(&rows, 0)?
         };
         // A step that fails part-way (a hook error) must not leave some blocks' keys extended.
-        let saved: Vec<Option<Vec<Option<(Tensor, Tensor)>>>> = parts
+        let saved: Vec<Option<Vec<CachedKeys>>> = parts
             .iter()
             .map(|(_, c)| c.as_deref().map(|c| c.layers.clone()))
             .collect();
