@@ -363,6 +363,16 @@ impl Engine {
                 }
             }
             self.pending.extend(jobs.try_iter());
+            // A request whose client left while it waited frees its place in the queue now.
+            let queued = self.pending.len();
+            self.pending.retain(|job| !job.events.is_closed());
+            let gone = queued - self.pending.len();
+            if gone > 0 {
+                self.stats.waiting.fetch_sub(gone, Ordering::SeqCst);
+                self.stats
+                    .cancelled
+                    .fetch_add(gone as u64, Ordering::Relaxed);
+            }
             let arrivals: Vec<Arrival> = self
                 .admissible()
                 .into_iter()

@@ -604,3 +604,55 @@ fn clients_that_trickle_or_never_send_a_header_are_cut_off_and_others_are_served
         common::HEADER_TIMEOUT
     );
 }
+
+#[test]
+fn a_queued_request_whose_client_leaves_frees_its_place_at_once() {
+    // One row: a long request and, behind it, one whose client leaves before the engine
+    // starts. The engine drops the second at its first look at the queue, while the first
+    // runs — not when the second's turn comes.
+    let config = EngineConfig {
+        max_batch: 1,
+        max_queue: 2,
+    };
+    let mut server = Server::start(config, false);
+    let addr = server.addr;
+    let long = json!({"model": "math", "prompt": "Go on and on", "max_tokens": 400,
+                      "temperature": 0})
+    .to_string();
+    let running = std::thread::spawn(move || {
+        common::request(addr, "POST", "/v1/completions", long.as_bytes())
+    });
+    wait_for(|| server.metric("requests_waiting") == 1);
+    let body = completion("base", "waiting", 3).to_string();
+    let mut leaving = TcpStream::connect(addr).unwrap();
+    write!(
+        leaving,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_for(|| server.metric("requests_waiting") == 2);
+    drop(leaving);
+    std::thread::sleep(Duration::from_millis(100));
+    server.run_engine(config);
+    let start = Instant::now();
+    loop {
+        let [cancelled, completed, waiting] = server
+            .metrics(&[
+                "requests_cancelled_total",
+                "requests_completed_total",
+                "requests_waiting",
+            ])
+            .try_into()
+            .unwrap();
+        if cancelled == 1 {
+            assert_eq!(completed, 0, "dropped only when its turn came");
+            assert_eq!(waiting, 0);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never dropped");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(running.join().unwrap().status, 200);
+    assert_eq!(server.metric("requests_completed_total"), 1);
+}

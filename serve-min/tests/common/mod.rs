@@ -228,12 +228,22 @@ impl Server {
 
     /// A metric's value from `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
+        self.metrics(&[name])[0]
+    }
+
+    /// Several counters read from one answer of the metrics endpoint.
+    pub fn metrics(&self, names: &[&str]) -> Vec<u64> {
         let text = self.get("/metrics").text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("serve_min_{name} ")))
-            .unwrap_or_else(|| panic!("{name} not in {text}"))
-            .parse()
-            .unwrap()
+        names
+            .iter()
+            .map(|name| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("serve_min_{name} ")))
+                    .unwrap_or_else(|| panic!("{name} not in {text}"))
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
     }
 }
 
