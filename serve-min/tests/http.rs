@@ -361,13 +361,7 @@ fn a_client_that_leaves_cancels_its_request() {
     let body = json!({"model": "math", "prompt": "Go on and on", "max_tokens": 400,
                       "temperature": 0, "stream": true})
     .to_string();
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut stream = open_completion(server.addr, &body);
     // Read until the first event has arrived, then hang up.
     let mut seen = Vec::new();
     let mut buf = [0u8; 256];
@@ -383,6 +377,18 @@ fn a_client_that_leaves_cancels_its_request() {
     // The engine goes on serving.
     let r = server.post_json("/v1/completions", &completion("base", "next", 3));
     assert_eq!(r.status, 200);
+}
+
+/// A connection that has sent a completion request with `body` and reads nothing yet.
+fn open_completion(addr: std::net::SocketAddr, body: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
 }
 
 /// Polls `done` for up to 30 s.
@@ -624,13 +630,7 @@ fn a_queued_request_whose_client_leaves_frees_its_place_at_once() {
     });
     wait_for(|| server.metric("requests_waiting") == 1);
     let body = completion("base", "waiting", 3).to_string();
-    let mut leaving = TcpStream::connect(addr).unwrap();
-    write!(
-        leaving,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let leaving = open_completion(addr, &body);
     wait_for(|| server.metric("requests_waiting") == 2);
     drop(leaving);
     std::thread::sleep(Duration::from_millis(100));
