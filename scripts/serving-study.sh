@@ -20,27 +20,15 @@ rates=${5:-"0.25 0.5 1 1.5"}
 requests=${REQUESTS:-40}
 port=${PORT:-8097}
 base=$(scripts/fetch-smollm2.sh)
-cargo build --release -p serve-min >&2
-bin=target/release/serve-min
+source scripts/serve-lib.sh
 mkdir -p "$out"
-skills=$(python3 -c 'import json,sys; print(",".join(s["name"] for s in json.load(open(sys.argv[1]+"/manifest.json"))["skillpacks"]))' "$bundle")
-
-serve() {
-  "$bin" serve --base "$base" --bundle "$bundle" --listen "127.0.0.1:$port" \
-    --max-batch 16 --max-queue 256 "$@" >"$out/server.log" 2>&1 &
-  server=$!
-  for _ in $(seq 600); do
-    curl -sf "127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
-    kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-    sleep 1
-  done
-  echo "server did not start" >&2; exit 1
-}
+skills=$(bundle_skills)
 
 echo "| server | prompt | gen | rate (req/s) | completed | req/s | tok/s | ms/token | TTFT mean / median / P99 (ms) | latency mean | median | P95 | P99 | min | max (ms) | reloads |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for mode in ${MODES:-shared separate}; do
-  if [ "$mode" = separate ]; then serve --separate-models "$out/store"; else serve; fi
+  if [ "$mode" = separate ]; then set -- --separate-models "$out/store"; else set --; fi
+  start_server "$out/server.log" --max-batch 16 --max-queue 256 "$@"
   for rate in $rates; do
     before=$(curl -s "127.0.0.1:$port/metrics" | awk '/^serve_min_model_reloads_total/ {print $2}')
     row=$("$bin" bench --server "127.0.0.1:$port" --rate "$rate" --requests "$requests" \

@@ -17,19 +17,11 @@ seconds=${3:-600}
 rate=${4:-0.8}
 port=${PORT:-8098}
 base=$(scripts/fetch-smollm2.sh)
-cargo build --release -p serve-min >&2
-bin=target/release/serve-min
+source scripts/serve-lib.sh
 mkdir -p "$out"
-skills=$(python3 -c 'import json,sys; print(",".join(["base"] + [s["name"] for s in json.load(open(sys.argv[1]+"/manifest.json"))["skillpacks"]]))' "$bundle")
-"$bin" serve --base "$base" --bundle "$bundle" --listen "127.0.0.1:$port" --max-queue 64 \
-  >"$out/server.log" 2>&1 &
-server=$!
+skills="base,$(bundle_skills)"
+start_server "$out/server.log" --max-queue 64
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 300); do
-  curl -sf "127.0.0.1:$port/health" >/dev/null 2>&1 && break
-  kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-  sleep 1
-done
 echo "seconds,rss_kib" >"$out/rss.csv"
 ( start=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do

@@ -310,12 +310,14 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
             "temperature": 0, "ignore_eos": true, "stream": true,
         })
         .to_string();
-        let kind = if rng.random::<f64>() < config.malformed_fraction {
-            RequestKind::Malformed(MALFORMED[rng.random_range(0..MALFORMED.len())].name)
-        } else if rng.random::<f64>() < config.cancel_fraction {
-            RequestKind::Cancelled(rng.random_range(0..config.gen_tokens))
-        } else {
-            RequestKind::Normal
+        let malformed = (rng.random::<f64>() < config.malformed_fraction)
+            .then(|| MALFORMED[rng.random_range(0..MALFORMED.len())]);
+        let kind = match malformed {
+            Some(bad) => RequestKind::Malformed(bad.name),
+            None if rng.random::<f64>() < config.cancel_fraction => {
+                RequestKind::Cancelled(rng.random_range(0..config.gen_tokens))
+            }
+            None => RequestKind::Normal,
         };
         tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
         let (addr, timeout) = (config.addr, config.timeout);
@@ -323,21 +325,14 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         tasks.push(tokio::spawn(async move {
             let begun = Instant::now();
             let request = async {
-                match kind {
-                    RequestKind::Normal => stream_completion(addr, &body, begun, None).await,
-                    RequestKind::Cancelled(after) => {
+                match (malformed, kind) {
+                    (Some(bad), _) => expect_refusal(addr, bad.path, &(bad.body)())
+                        .await
+                        .map(|()| (None, 0)),
+                    (None, RequestKind::Cancelled(after)) => {
                         stream_completion(addr, &body, begun, Some(after)).await
                     }
-                    RequestKind::Malformed(name) => {
-                        let bad = MALFORMED
-                            .iter()
-                            .find(|m| m.name == name)
-                            .copied()
-                            .unwrap_or(MALFORMED[0]);
-                        expect_refusal(addr, bad.path, &(bad.body)())
-                            .await
-                            .map(|()| (None, 0))
-                    }
+                    (None, _) => stream_completion(addr, &body, begun, None).await,
                 }
             };
             let outcome = tokio::time::timeout(timeout, request).await;

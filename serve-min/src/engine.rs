@@ -85,6 +85,16 @@ pub enum Weights {
     Separate(ModelStore),
 }
 
+impl Weights {
+    /// The slot of skill `name`.
+    fn slot(&self, name: &str) -> Option<usize> {
+        match self {
+            Self::Shared { skills, .. } => skills.slot(name),
+            Self::Separate(store) => store.slot(name),
+        }
+    }
+}
+
 impl Backbone {
     /// The models' configuration.
     pub fn config(&self) -> &LlamaConfig {
@@ -393,13 +403,13 @@ impl Engine {
         let room = self.config.max_batch - self.rows.len();
         let take: Vec<bool> = match &self.backbone.weights {
             Weights::Shared { .. } => (0..self.pending.len()).map(|i| i < room).collect(),
-            Weights::Separate(store) => {
+            weights @ Weights::Separate(_) => {
                 let models: Vec<Option<Option<usize>>> = self
                     .pending
                     .iter()
                     .map(|job| match &job.skill {
                         SkillChoice::Base => Some(None),
-                        SkillChoice::Named(name) => store.slot(name).map(Some),
+                        SkillChoice::Named(name) => weights.slot(name).map(Some),
                         SkillChoice::Auto => None,
                     })
                     .collect();
@@ -527,10 +537,7 @@ impl Engine {
                 name
             }
         };
-        let slot = match &self.backbone.weights {
-            Weights::Shared { skills, .. } => skills.slot(&name),
-            Weights::Separate(store) => store.slot(&name),
-        };
+        let slot = self.backbone.weights.slot(&name);
         slot.map(Some).ok_or(ApiError::UnknownModel(name))
     }
 
@@ -595,15 +602,20 @@ impl Engine {
             for (ids, cache) in prompt_ids.iter().zip(caches.iter_mut()) {
                 parts.push(Part { ids, cache });
             }
-            forward(
+            let count = parts.len();
+            let logits = forward(
                 &mut self.backbone.weights,
                 &self.stats,
                 &mut parts,
                 &input_rows,
-            )?
-            .iter()
-            .map(|l| Ok(l.to_vec2()?))
-            .collect()
+            )?;
+            if logits.len() != count {
+                return Err(skillzip_lm::Error::InvalidInput(format!(
+                    "{} logits for {count} parts",
+                    logits.len()
+                )));
+            }
+            logits.iter().map(|l| Ok(l.to_vec2()?)).collect()
         })();
         if decoding {
             self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);

@@ -8,19 +8,20 @@
 //! its checkpoint (the paper's evict-and-reload policy).
 //!
 //! [`ModelStore::create`] writes each merged model — the backbone plus the skillpack's
-//! delta `diag(s⁻¹)·Â_deqᵀ·B̂_deqᵀ` (and its dense deltas) added into the weights, f32 — as a
-//! checkpoint directory under the store's directory. The base (the backbone alone) is one
-//! more model of the store.
+//! delta `diag(s⁻¹)·Â_deqᵀ·B̂_deqᵀ` (and its dense deltas) added into the weights, f32
+//! ([`merge_skillpack`]) — as a checkpoint directory under the store's directory. The base
+//! (the backbone alone) is one more model of the store.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skillzip_format::skillpack::Skillpack;
-use skillzip_lm::checkpoint::{Checkpoint, LinearKind};
-use skillzip_lm::compress::add_backbone_delta;
+use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::config::LlamaConfig;
 use skillzip_lm::model::Llama;
 use skillzip_lm::save::{SaveOptions, save_checkpoint};
+use skillzip_lm::skillpack::merge_skillpack;
 
 use crate::error::{Error, Result};
 
@@ -90,7 +91,7 @@ impl ModelStore {
             let name = &pack.meta.skill;
             progress(name);
             let mut params = base.clone();
-            merge(&mut params, pack, &config)?;
+            merge_skillpack(&mut params, pack, &config)?;
             let path = dir.join(format!("skill-{}", skills.len()));
             write_model(&path, &config, params)?;
             skills.push(name.clone());
@@ -180,7 +181,7 @@ pub fn weight_bytes(model: &Llama) -> u64 {
         .sum()
 }
 
-fn parameters(model: &Llama) -> Result<std::collections::BTreeMap<String, Vec<f32>>> {
+fn parameters(model: &Llama) -> Result<BTreeMap<String, Vec<f32>>> {
     model
         .parameters()
         .iter()
@@ -194,51 +195,7 @@ fn parameters(model: &Llama) -> Result<std::collections::BTreeMap<String, Vec<f3
         .collect()
 }
 
-/// Adds `pack`'s delta into `params` (HF names, `[out, in]` linears): each compressed
-/// layer's effective weight and every dense delta.
-fn merge(
-    params: &mut std::collections::BTreeMap<String, Vec<f32>>,
-    pack: &Skillpack,
-    config: &LlamaConfig,
-) -> Result<()> {
-    let skill = &pack.meta.skill;
-    for (module, entry) in &pack.layers {
-        let (layer, kind) = LinearKind::parse_module_name(module)
-            .filter(|(l, _)| *l < config.num_hidden_layers)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "skillpack {skill}: layer {module} is not a linear of this model"
-                ))
-            })?;
-        let (out, inp) = kind.shape(config);
-        if (entry.layer.c_in(), entry.layer.c_out()) != (inp, out) {
-            return Err(Error::Config(format!(
-                "skillpack {skill}: layer {module} is {} × {}, the model's is {inp} × {out}",
-                entry.layer.c_in(),
-                entry.layer.c_out()
-            )));
-        }
-        let weight = format!("{}.weight", kind.module_name(layer));
-        let w = params.get_mut(&weight).ok_or_else(|| {
-            Error::Config(format!("skillpack {skill}: the model has no {weight}"))
-        })?;
-        // The effective weight is `C_i × C_o`; the model's linear is `[out, in]`.
-        let delta = entry.layer.effective_weight();
-        for (o, row) in w.chunks_mut(inp).enumerate() {
-            for (i, v) in row.iter_mut().enumerate() {
-                *v += delta[(i, o)];
-            }
-        }
-    }
-    add_backbone_delta(params, &pack.dense)?;
-    Ok(())
-}
-
-fn write_model(
-    dir: &Path,
-    config: &LlamaConfig,
-    params: std::collections::BTreeMap<String, Vec<f32>>,
-) -> Result<()> {
+fn write_model(dir: &Path, config: &LlamaConfig, params: BTreeMap<String, Vec<f32>>) -> Result<()> {
     let mut params = params;
     // The writer refuses non-finite values, so a merge that overflowed is never stored.
     save_checkpoint(

@@ -398,18 +398,17 @@ impl Block {
         let q_rows = linear(&h, wq, l, LinearKind::Q, hook)?;
         let k_rows = linear(&h, wk, l, LinearKind::K, hook)?;
         let v_rows = linear(&h, wv, l, LinearKind::V, hook)?;
-        let single = parts.len() == 1;
         let mut outputs = Vec::with_capacity(parts.len());
         let mut offset = 0;
         for part in parts.iter_mut() {
             let (b, t) = part.shape;
+            // (A narrow over all rows and a cat of one tensor are free in candle: the
+            // one-part call, e.g. training, copies nothing more than before.)
             let split = |y: &Tensor, n: usize| -> Result<Tensor> {
-                let y = if single {
-                    y.clone()
-                } else {
-                    y.narrow(0, offset, b * t)?
-                };
-                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+                Ok(y.narrow(0, offset, b * t)?
+                    .reshape((b, t, n, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
             };
             let q = rope(&split(&q_rows, heads)?, &part.pos.cos, &part.pos.sin)?;
             let mut k = rope(&split(&k_rows, kv_heads)?, &part.pos.cos, &part.pos.sin)?;
@@ -443,11 +442,7 @@ impl Block {
             );
             offset += b * t;
         }
-        let o = if single {
-            outputs.swap_remove(0)
-        } else {
-            Tensor::cat(&outputs, 0)?
-        };
+        let o = Tensor::cat(&outputs, 0)?;
         let x = (x + linear(&o, wo, l, LinearKind::O, hook)?)?;
         let h = rms_norm(&x, &self.post_attention_norm, c.rms_norm_eps)?;
         let gate = candle_nn::ops::silu(&linear(&h, wg, l, LinearKind::Gate, hook)?)?;
@@ -461,7 +456,7 @@ impl Block {
 struct BlockPart<'a> {
     shape: (usize, usize),
     pos: &'a Positions,
-    kv: Option<&'a mut Option<(Tensor, Tensor)>>,
+    kv: Option<&'a mut CachedKeys>,
 }
 
 /// One part of a [`Llama::forward_parts`] pass: token ids after what its cache holds.
@@ -679,11 +674,7 @@ impl Llama {
             rows.push(self.embed(ids)?.reshape((batch * tokens, d))?);
             shapes.push((batch, tokens));
         }
-        let mut x = if rows.len() == 1 {
-            rows.swap_remove(0)
-        } else {
-            Tensor::cat(&rows, 0)?
-        };
+        let mut x = Tensor::cat(&rows, 0)?;
         // A step that fails part-way (a hook error) must not leave some blocks' keys extended.
         let saved: Vec<Option<Vec<CachedKeys>>> = parts
             .iter()
@@ -719,12 +710,10 @@ impl Llama {
             if let Some(c) = cache.as_deref_mut() {
                 c.len += tokens;
             }
-            let part = if shapes.len() == 1 {
-                x.clone()
-            } else {
+            out.push(
                 x.narrow(0, row, batch * tokens)?
-            };
-            out.push(part.reshape((batch, tokens, d))?);
+                    .reshape((batch, tokens, d))?,
+            );
             row += batch * tokens;
         }
         Ok(out)

@@ -79,28 +79,70 @@ fn pack_layers(
     pack: &Skillpack,
     config: &LlamaConfig,
 ) -> Result<HashMap<(usize, LinearKind), PackedLayer>> {
-    let mut layers = HashMap::new();
-    for (module, entry) in &pack.layers {
-        let (l, kind) = LinearKind::parse_module_name(module)
-            .filter(|(l, _)| *l < config.num_hidden_layers)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "skillpack {}: layer {module} is not a linear of this model",
-                    pack.meta.skill
-                ))
-            })?;
-        let (out, inp) = kind.shape(config);
-        if (entry.layer.c_in(), entry.layer.c_out()) != (inp, out) {
-            return Err(Error::TensorShape {
-                file: format!("skillpack {}", pack.meta.skill),
-                tensor: module.clone(),
-                expected: vec![inp, out],
-                got: vec![entry.layer.c_in(), entry.layer.c_out()],
-            });
-        }
-        layers.insert((l, kind), PackedLayer::new(&entry.layer));
+    pack.layers
+        .iter()
+        .map(|(module, entry)| {
+            let at = target_linear(pack, module, entry, config)?;
+            Ok((at, PackedLayer::new(&entry.layer)))
+        })
+        .collect()
+}
+
+/// The linear (block, kind) a skillpack layer named `module` adds to: the name must be a
+/// linear of a `config` model and the layer's `C_i × C_o` that linear's shape.
+fn target_linear(
+    pack: &Skillpack,
+    module: &str,
+    entry: &LayerEntry,
+    config: &LlamaConfig,
+) -> Result<(usize, LinearKind)> {
+    let (l, kind) = LinearKind::parse_module_name(module)
+        .filter(|(l, _)| *l < config.num_hidden_layers)
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "skillpack {}: layer {module} is not a linear of this model",
+                pack.meta.skill
+            ))
+        })?;
+    let (out, inp) = kind.shape(config);
+    if (entry.layer.c_in(), entry.layer.c_out()) != (inp, out) {
+        return Err(Error::TensorShape {
+            file: format!("skillpack {}", pack.meta.skill),
+            tensor: module.to_string(),
+            expected: vec![inp, out],
+            got: vec![entry.layer.c_in(), entry.layer.c_out()],
+        });
     }
-    Ok(layers)
+    Ok((l, kind))
+}
+
+/// Merges `pack` into a `config` model's parameters (HF names, linears `[out, in]`): each
+/// compressed layer's effective weight `diag(s⁻¹)·Â_deqᵀ·B̂_deqᵀ` is added to its linear's
+/// weight, and every dense delta to its tensor — the skill as one full model, as the
+/// separate-models serving baseline holds it. Activation quantization and truncation are not
+/// part of a weight, so the merged model matches the skillpack path only to their error.
+pub fn merge_skillpack(
+    params: &mut BTreeMap<String, Vec<f32>>,
+    pack: &Skillpack,
+    config: &LlamaConfig,
+) -> Result<()> {
+    for (module, entry) in &pack.layers {
+        let (layer, kind) = target_linear(pack, module, entry, config)?;
+        let name = format!("{}.weight", kind.module_name(layer));
+        let w = params.get_mut(&name).ok_or_else(|| Error::MissingTensor {
+            file: format!("skillpack {}", pack.meta.skill),
+            tensor: name.clone(),
+        })?;
+        let (_, inp) = kind.shape(config);
+        // The effective weight is `C_i × C_o`; the model's linear is `[out, in]`.
+        let delta = entry.layer.effective_weight();
+        for (o, row) in w.chunks_mut(inp).enumerate() {
+            for (i, v) in row.iter_mut().enumerate() {
+                *v += delta[(i, o)];
+            }
+        }
+    }
+    add_backbone_delta(params, &pack.dense)
 }
 
 /// Several skillpacks on one backbone, each batch row through its own (or none): every

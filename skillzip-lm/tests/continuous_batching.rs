@@ -227,19 +227,25 @@ fn pack(skill: &str, layers: &[(usize, LinearKind)], seed: u64) -> Skillpack {
     .unwrap()
 }
 
-#[test]
-fn rows_of_different_skillpacks_in_one_batch_compute_what_each_computes_alone() {
+/// `math` and `code` over overlapping and disjoint layers (a linear some skills carry and
+/// others do not), loaded in that order into slots 0 and 1 of a set.
+fn two_skills(config: &LlamaConfig) -> ([Skillpack; 2], SkillpackSet) {
     use LinearKind::*;
-    let model = model();
-    let config = model.config().clone();
-    // Overlapping and disjoint layers: a linear some skills carry and others do not.
     let packs = [
         pack("math", &[(0, Q), (0, Down), (1, Up)], 1),
         pack("code", &[(0, Down), (1, V), (1, O)], 2),
     ];
-    let mut set = SkillpackSet::new(&config);
+    let mut set = SkillpackSet::new(config);
     let slots: Vec<usize> = packs.iter().map(|p| set.insert(p).unwrap()).collect();
     assert_eq!(slots, [0, 1]);
+    (packs, set)
+}
+
+#[test]
+fn rows_of_different_skillpacks_in_one_batch_compute_what_each_computes_alone() {
+    let model = model();
+    let config = model.config().clone();
+    let (packs, set) = two_skills(&config);
     assert_eq!(set.names().collect::<Vec<_>>(), ["math", "code"]);
     // Prompt i runs skill: math, code, none, math.
     let skill_of = [Some(0), Some(1), None, Some(0)];
@@ -426,18 +432,10 @@ fn a_skillpack_set_refuses_what_it_cannot_serve() {
 
 #[test]
 fn a_decode_step_and_new_prompts_in_one_pass_compute_what_each_computes_alone() {
-    use LinearKind::*;
     use skillzip_lm::model::Part;
     let model = model();
     let config = model.config().clone();
-    let packs = [
-        pack("math", &[(0, Q), (0, Down), (1, Up)], 1),
-        pack("code", &[(0, Down), (1, V), (1, O)], 2),
-    ];
-    let mut set = SkillpackSet::new(&config);
-    for p in &packs {
-        set.insert(p).unwrap();
-    }
+    let (packs, mut set) = two_skills(&config);
     // Prompts 0 and 1 are decoding (math, code) when 2 (no skill) and 3 (math) arrive.
     let skill_of = [Some(0), Some(1), None, Some(0)];
     let prompts = prompts(config.vocab_size);
