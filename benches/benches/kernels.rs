@@ -22,28 +22,18 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use rand::RngExt;
-use skillzip_benches::{Cold, DOWN_PROJ, Q_PROJ, SMOLLM_SHAPES, Shape, stream_read};
+use skillzip_benches::{
+    Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, SMOLLM_SHAPES, Shape, activations,
+    packed_layer as packed, stream_read,
+};
 use skillzip_core::kernels::{Isa, Kernel, KernelScratch, PackedLayer};
 use skillzip_core::seeded_rng;
-use skillzip_core::synth::{RandomLayer, random_layer};
 
 fn enabled(group: &str) -> bool {
     match std::env::var("SKILLZIP_BENCH_KERNELS") {
         Ok(list) if !list.is_empty() => list.split(',').any(|g| g.trim() == group),
         _ => true,
     }
-}
-
-fn packed(shape: Shape, rank: usize, seed: u64) -> PackedLayer {
-    let spec = RandomLayer::x8a8b8(shape.c_in, rank, shape.c_out);
-    PackedLayer::new(&random_layer(&spec, &mut seeded_rng(seed)).expect("valid random layer"))
-}
-
-fn activations(t: usize, c_in: usize, seed: u64) -> Vec<f32> {
-    let mut rng = seeded_rng(seed);
-    (0..t * c_in)
-        .map(|_| rng.random_range(-2.0f32..2.0))
-        .collect()
 }
 
 fn f32_matrix(rows: usize, cols: usize, seed: u64) -> Mat<f32> {
@@ -153,7 +143,7 @@ fn decode(c: &mut Criterion) {
     let paths: Vec<Isa> = Isa::available().collect();
     for shape in [DOWN_PROJ, Q_PROJ] {
         let mut packs = cold_packs(shape, shape.rank);
-        for t in [1usize, 4, 10, 32] {
+        for t in DECODE_TOKENS {
             let mut group =
                 c.benchmark_group(format!("decode/{}_r{}/T{t}", shape.name, shape.rank));
             group
@@ -184,7 +174,7 @@ fn decode(c: &mut Criterion) {
 fn prefill(c: &mut Criterion) {
     let paths: Vec<Isa> = Isa::available().filter(|&i| i != Isa::Scalar).collect();
     let shape = DOWN_PROJ;
-    let t = 1000;
+    let t = PREFILL_TOKENS;
     let mut packs = cold_packs(shape, shape.rank);
     let mut group = c.benchmark_group(format!("prefill/{}_r{}/T{t}", shape.name, shape.rank));
     group

@@ -35,6 +35,15 @@ pub const Q_PROJ: Shape = Shape {
     rank: 400,
 };
 
+/// Decode batch sizes of the paper's kernel table.
+pub const DECODE_TOKENS: [usize; 4] = [1, 4, 10, 32];
+
+/// Prefill length of the paper's kernel table.
+pub const PREFILL_TOKENS: usize = 1000;
+
+/// Ranks the paper uses on the Llama-3.1-8B projections.
+pub const PAPER_RANKS: [usize; 3] = [300, 400, 600];
+
 /// Calibration / selection rows used for compression benches.
 pub const SPLITS: (usize, usize, usize) = (1024, 128, 1);
 
@@ -148,3 +157,102 @@ pub fn stream_read(parts: &[&[Block]]) -> u64 {
         })
         .fold(0, u64::wrapping_add)
 }
+
+/// A random X8A8B8 layer of `shape` at `rank`, packed for the CPU kernels.
+pub fn packed_layer(shape: Shape, rank: usize, seed: u64) -> skillzip_core::kernels::PackedLayer {
+    use skillzip_core::synth::{RandomLayer, random_layer};
+    let spec = RandomLayer::x8a8b8(shape.c_in, rank, shape.c_out);
+    let layer =
+        random_layer(&spec, &mut skillzip_core::seeded_rng(seed)).expect("valid random layer");
+    skillzip_core::kernels::PackedLayer::new(&layer)
+}
+
+/// `t × c_in` activations uniform in `[-2, 2)`, row-major, seeded.
+pub fn activations(t: usize, c_in: usize, seed: u64) -> Vec<f32> {
+    use rand::RngExt;
+    let mut rng = skillzip_core::seeded_rng(seed);
+    (0..t * c_in)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect()
+}
+
+/// Seconds one call of `f` takes.
+pub fn time(f: &mut dyn FnMut()) -> f64 {
+    let start = std::time::Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+/// The median of `v` (the upper one of an even count); sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Medians of a round-robin measurement: each round times every contender once, the
+/// order rotating between rounds, so drift of a shared machine's memory bandwidth hits all
+/// alike; `ratios[i]` is the median over rounds of `contender i ÷ contender 0`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundRobin {
+    /// Median seconds of each contender.
+    pub seconds: Vec<f64>,
+    /// Median per-round ratio of each contender to the first.
+    pub ratios: Vec<f64>,
+}
+
+/// Runs `rounds` rounds over `contenders` (after one warm-up call each).
+pub fn round_robin(rounds: usize, contenders: &mut [&mut dyn FnMut()]) -> RoundRobin {
+    let n = contenders.len();
+    for c in contenders.iter_mut() {
+        c();
+    }
+    let mut times = vec![Vec::with_capacity(rounds); n];
+    let mut ratios = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds.max(1) {
+        let mut this = vec![0.0; n];
+        for k in 0..n {
+            let i = (round + k) % n;
+            this[i] = time(&mut *contenders[i]);
+        }
+        for i in 0..n {
+            times[i].push(this[i]);
+            ratios[i].push(this[i] / this[0]);
+        }
+    }
+    RoundRobin {
+        seconds: times.iter_mut().map(|t| median(t)).collect(),
+        ratios: ratios.iter_mut().map(|r| median(r)).collect(),
+    }
+}
+
+/// A continuous cache holding one copy of a fixed `prompt`-token prompt per row, each
+/// prefilled alone through its row's skillpack of `set` (`rows[i]`) or the backbone alone
+/// (`set = None`): the state a server's batch is in when it decodes.
+pub fn decode_cache(
+    model: &skillzip_lm::model::Llama,
+    rows: &[Option<usize>],
+    prompt: usize,
+    mut set: Option<&mut skillzip_lm::skillpack::SkillpackSet>,
+) -> skillzip_lm::error::Result<skillzip_lm::model::KvCache> {
+    use candle_core::{Device, Tensor};
+    use skillzip_lm::model::{KvCache, LinearHook, Logits, NoHook};
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 131 + 7) % vocab).collect();
+    let mut cache = KvCache::continuous();
+    for skill in rows {
+        let mut row = KvCache::new();
+        let t = Tensor::from_vec(ids.clone(), (1, prompt), &Device::Cpu)?;
+        let hook: &mut dyn LinearHook = match set.as_deref_mut() {
+            Some(set) => {
+                set.assign_rows(&[*skill])?;
+                set
+            }
+            None => &mut NoHook,
+        };
+        model.forward(&t, Some(&mut row), Logits::Last, hook)?;
+        cache.join(row)?;
+    }
+    Ok(cache)
+}
+
+pub mod report;

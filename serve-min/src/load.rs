@@ -33,29 +33,7 @@ pub struct Loaded {
 /// another base is refused); each skillpack is checked against the manifest by
 /// [`Bundle::skillpack`].
 pub fn backbone(base: &Path, bundle: Option<&Path>) -> Result<Loaded> {
-    let opened = open(base, bundle)?;
-    let mut skills = SkillpackSet::new(opened.model.config());
-    for pack in &opened.packs {
-        skills.insert(pack).map_err(|e| {
-            Error::Config(format!(
-                "{}: skill {}: {e}",
-                bundle.unwrap_or(base).display(),
-                pack.meta.skill
-            ))
-        })?;
-    }
-    Ok(Loaded {
-        skills: opened.packs.iter().map(|p| p.meta.skill.clone()).collect(),
-        backbone: Backbone {
-            weights: Weights::Shared {
-                model: opened.model,
-                skills,
-            },
-            tokenizer: opened.tokenizer,
-            router: opened.router,
-        },
-        backbone_hash: opened.backbone_hash,
-    })
+    shared(open(base, bundle)?, bundle.unwrap_or(base))
 }
 
 /// The separate-models baseline over the same base and bundle as [`backbone`]: every skill's
@@ -69,9 +47,47 @@ pub fn separate_models(
     budget: Option<u64>,
     progress: impl FnMut(&str),
 ) -> Result<Loaded> {
-    let opened = open(base, bundle)?;
-    let shared_bytes = weight_bytes(&opened.model)
-        + opened
+    separate(open(base, bundle)?, store, budget, progress)
+}
+
+/// One backbone serving every skillpack of `parts` (`source` names where they came from in
+/// errors).
+pub fn shared(parts: Parts, source: &Path) -> Result<Loaded> {
+    check_names(&parts.packs, source)?;
+    let mut skills = SkillpackSet::new(parts.model.config());
+    for pack in &parts.packs {
+        skills.insert(pack).map_err(|e| {
+            Error::Config(format!(
+                "{}: skill {}: {e}",
+                source.display(),
+                pack.meta.skill
+            ))
+        })?;
+    }
+    Ok(Loaded {
+        skills: parts.packs.iter().map(|p| p.meta.skill.clone()).collect(),
+        backbone: Backbone {
+            weights: Weights::Shared {
+                model: parts.model,
+                skills,
+            },
+            tokenizer: parts.tokenizer,
+            router: parts.router,
+        },
+        backbone_hash: parts.backbone_hash,
+    })
+}
+
+/// The separate-models baseline of `parts` (see [`separate_models`]).
+pub fn separate(
+    parts: Parts,
+    store: &Path,
+    budget: Option<u64>,
+    progress: impl FnMut(&str),
+) -> Result<Loaded> {
+    check_names(&parts.packs, store)?;
+    let shared_bytes = weight_bytes(&parts.model)
+        + parts
             .packs
             .iter()
             .flat_map(|p| p.layers.values())
@@ -79,8 +95,8 @@ pub fn separate_models(
             .sum::<u64>();
     let store = ModelStore::create(
         store,
-        opened.model,
-        &opened.packs,
+        parts.model,
+        &parts.packs,
         budget.unwrap_or(shared_bytes),
         progress,
     )?;
@@ -88,23 +104,42 @@ pub fn separate_models(
         skills: store.skills().to_vec(),
         backbone: Backbone {
             weights: Weights::Separate(store),
-            tokenizer: opened.tokenizer,
+            tokenizer: parts.tokenizer,
             router: None,
         },
-        backbone_hash: opened.backbone_hash,
+        backbone_hash: parts.backbone_hash,
     })
 }
 
-/// A base and bundle, opened and checked.
-struct Opened {
-    model: Llama,
-    tokenizer: Tokenizer,
-    backbone_hash: String,
-    packs: Vec<Skillpack>,
-    router: Option<Router>,
+/// Refuses a skillpack named like a reserved model (`base`, `auto`).
+fn check_names(packs: &[Skillpack], source: &Path) -> Result<()> {
+    match packs
+        .iter()
+        .find_map(|p| reserved_skill_name(&p.meta.skill))
+    {
+        Some(why) => Err(Error::Config(format!("{}: {why}", source.display()))),
+        None => Ok(()),
+    }
 }
 
-fn open(base: &Path, bundle: Option<&Path>) -> Result<Opened> {
+/// What a server is built from: a backbone (base plus any shared delta), its tokenizer and
+/// hash, skillpacks and an optional router. [`open`] reads them from files; benches may
+/// assemble them in memory.
+pub struct Parts {
+    /// The backbone.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// [`backbone_hash`] of `model`.
+    pub backbone_hash: String,
+    /// The skillpacks, in slot order.
+    pub packs: Vec<Skillpack>,
+    /// The learned router, if any.
+    pub router: Option<Router>,
+}
+
+/// A base checkpoint and an optional bundle, opened and checked against each other.
+pub fn open(base: &Path, bundle: Option<&Path>) -> Result<Parts> {
     let ckpt = Checkpoint::open(base)?;
     let tokenizer = Tokenizer::of_checkpoint(&ckpt)?;
     let config = ckpt.config().clone();
@@ -118,7 +153,7 @@ fn open(base: &Path, bundle: Option<&Path>) -> Result<Opened> {
     }
     let Some(dir) = bundle else {
         let model = Llama::from_checkpoint(&ckpt)?;
-        return Ok(Opened {
+        return Ok(Parts {
             backbone_hash: backbone_hash(&model)?,
             model,
             tokenizer,
@@ -165,7 +200,7 @@ fn open(base: &Path, bundle: Option<&Path>) -> Result<Opened> {
         }
         router = Some(r);
     }
-    Ok(Opened {
+    Ok(Parts {
         model,
         tokenizer,
         backbone_hash: hash,

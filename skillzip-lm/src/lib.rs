@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod compress;
 pub mod config;
 pub mod delta;
+pub mod divergence;
 pub mod error;
 pub mod finetune;
 pub mod fuzzing;
@@ -31,5 +32,22 @@ pub mod model;
 pub mod save;
 pub mod skillpack;
 pub mod tokenizer;
+
+/// Where the real SmolLM2-135M-Instruct GGUF is expected (DESIGN.md §6): `$SKILLZIP_SMOLLM2_GGUF`,
+/// else `scripts/fetch-smollm2.sh`'s cache,
+/// `${SKILLZIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/skillzip}/smollm2-135m-instruct/`. The
+/// file may be absent; callers check.
+pub fn smollm2_path() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("SKILLZIP_SMOLLM2_GGUF").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("SKILLZIP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("skillzip")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/skillzip")))
+        .unwrap_or_else(|| PathBuf::from(".cache/skillzip"));
+    cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
 
 pub use error::{Error, Result};

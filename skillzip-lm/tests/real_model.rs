@@ -5,7 +5,6 @@
 //! (`scripts/fetch-smollm2.sh` puts it there). Without it each test prints
 //! `skipped: model not present (<path>)` and passes.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -14,18 +13,6 @@ use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::generate::{GenerateOptions, Sampling, generate};
 use skillzip_lm::model::{Llama, Logits, NoHook};
 use skillzip_lm::tokenizer::{Message, Tokenizer};
-
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SKILLZIP_SMOLLM2_GGUF") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("SKILLZIP_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("skillzip")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/skillzip")))
-        .unwrap_or_else(|| PathBuf::from(".cache/skillzip"));
-    cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
 
 struct Real {
     ckpt: Checkpoint,
@@ -37,7 +24,7 @@ struct Real {
 /// when the file is absent.
 fn real() -> Option<&'static Real> {
     static REAL: OnceLock<Option<Real>> = OnceLock::new();
-    let path = model_path();
+    let path = skillzip_lm::smollm2_path();
     let loaded = REAL.get_or_init(|| {
         if !path.is_file() {
             return None;

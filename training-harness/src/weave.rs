@@ -537,23 +537,31 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-/// One answer as stored in the run directory.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct AnswerRecord {
-    id: String,
-    prompt: String,
-    answer: String,
-    helpful: bool,
-    reason: String,
+/// One answer as stored in the run directory (`eval/<config>/<skill>.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AnswerRecord {
+    /// The task's id.
+    pub id: String,
+    /// The task's prompt (before the chat template).
+    pub prompt: String,
+    /// The model's answer.
+    pub answer: String,
+    /// The verifier's verdict.
+    pub helpful: bool,
+    /// Why the verifier decided so.
+    pub reason: String,
     /// Whether the model ended the answer itself (false: the token budget cut it off).
     #[serde(default)]
-    finished: bool,
+    pub finished: bool,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct EvalRecord {
-    accuracy: Accuracy,
-    answers: Vec<AnswerRecord>,
+/// One configuration's held-out evaluation on one skill, as stored in the run directory.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EvalRecord {
+    /// Accuracy over the tasks.
+    pub accuracy: Accuracy,
+    /// Every answer, in task order.
+    pub answers: Vec<AnswerRecord>,
 }
 
 fn records(generated: &[Generated]) -> Vec<AnswerRecord> {

@@ -7,64 +7,28 @@
 //! Usage: `cargo run --release -p skillzip-benches --bin kernel_pairs [pairs]` (default 101).
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use rand::RngExt;
-use skillzip_benches::{COLD_BYTES, Cold, DOWN_PROJ, Q_PROJ, Shape, stream_read};
+use skillzip_benches::{
+    COLD_BYTES, Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, activations,
+    packed_layer as packed, round_robin, stream_read,
+};
 use skillzip_core::kernels::{Kernel, KernelScratch, PackedLayer};
 use skillzip_core::seeded_rng;
-use skillzip_core::synth::{RandomLayer, random_layer};
 
-fn packed(shape: Shape, seed: u64) -> PackedLayer {
-    let spec = RandomLayer::x8a8b8(shape.c_in, shape.rank, shape.c_out);
-    PackedLayer::new(&random_layer(&spec, &mut seeded_rng(seed)).expect("valid random layer"))
-}
-
-fn activations(t: usize, c_in: usize) -> Vec<f32> {
-    let mut rng = seeded_rng(3);
-    (0..t * c_in)
-        .map(|_| rng.random_range(-2.0f32..2.0))
-        .collect()
-}
-
-fn time(f: &mut dyn FnMut()) -> f64 {
-    let start = Instant::now();
-    f();
-    start.elapsed().as_secs_f64()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Runs `pairs` alternating pairs and prints `| case | anchor | median kernel | median anchor
-/// | median of kernel/anchor |`.
+/// Runs `pairs` rounds of kernel and anchor back to back (order alternating) and prints
+/// `| case | anchor | median kernel | median anchor | median of kernel/anchor |`.
 fn pair(case: &str, anchor: &str, pairs: usize, kernel: &mut dyn FnMut(), base: &mut dyn FnMut()) {
-    for _ in 0..3 {
-        kernel();
-        base();
-    }
-    let (mut k, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..pairs {
-        let (tk, tb) = if i % 2 == 0 {
-            let tk = time(kernel);
-            (tk, time(base))
-        } else {
-            let tb = time(base);
-            (time(kernel), tb)
-        };
-        k.push(tk);
-        b.push(tb);
-        r.push(tk / tb);
-    }
+    let r = round_robin(pairs, &mut [kernel, base]);
+    // round_robin's ratios are to the first contender; kernel ÷ anchor is the inverse (the
+    // median of an odd count commutes with it).
     println!(
         "| {case} | {anchor} | {:.1} µs | {:.1} µs | {:.2}× |",
-        median(&mut k) * 1e6,
-        median(&mut b) * 1e6,
-        median(&mut r)
+        r.seconds[0] * 1e6,
+        r.seconds[1] * 1e6,
+        1.0 / r.ratios[1]
     );
 }
 
@@ -85,11 +49,11 @@ fn main() {
     println!("|---|---|---:|---:|---:|");
     let mut scratch = KernelScratch::default();
     for shape in [DOWN_PROJ, Q_PROJ] {
-        let one = packed(shape, 1);
+        let one = packed(shape, shape.rank, 1);
         let mut packs = Cold::new(one.weight_bytes(), |_| one.clone());
         let mut floor_packs = Cold::new(one.weight_bytes(), |_| one.clone());
-        for t in [1usize, 4, 10, 32] {
-            let x = activations(t, shape.c_in);
+        for t in DECODE_TOKENS {
+            let x = activations(t, shape.c_in, 3);
             let mut y = vec![0.0f32; t * shape.c_out];
             pair(
                 &format!("decode {} R{} T={t}", shape.name, shape.rank),
@@ -110,13 +74,13 @@ fn main() {
     // Grouped: 5 skillpacks, 32 tokens round-robin, against the floor of their bytes and
     // against 32 tokens on one skillpack.
     let shape = DOWN_PROJ;
-    let five: Vec<PackedLayer> = (0..5).map(|k| packed(shape, 40 + k)).collect();
+    let five: Vec<PackedLayer> = (0..5).map(|k| packed(shape, shape.rank, 40 + k)).collect();
     let bytes: usize = five.iter().map(PackedLayer::weight_bytes).sum();
     let sets: Vec<Vec<PackedLayer>> = (0..COLD_BYTES.div_ceil(bytes).max(4))
         .map(|_| five.clone())
         .collect();
     let skill: Vec<Option<usize>> = (0..32).map(|i| Some(i % 5)).collect();
-    let x = activations(32, shape.c_in);
+    let x = activations(32, shape.c_in, 3);
     let mut y = vec![0.0f32; 32 * shape.c_out];
     let (mut a, mut b, mut c) = (0usize, 0usize, 0usize);
     let mut grouped = |y: &mut Vec<f32>, scratch: &mut KernelScratch| {
@@ -157,10 +121,10 @@ fn main() {
     );
     drop(sets);
     // Prefill and dense decode against faer (fewer pairs: each call is long).
-    let t = 1000;
-    let x = activations(t, shape.c_in);
+    let t = PREFILL_TOKENS;
+    let x = activations(t, shape.c_in, 3);
     let xm = Mat::from_fn(t, shape.c_in, |i, j| x[i * shape.c_in + j]);
-    let one = packed(shape, 1);
+    let one = packed(shape, shape.rank, 1);
     let mut packs = Cold::new(one.weight_bytes(), |_| one.clone());
     let mut rng = seeded_rng(9);
     let mut f32_mat =
@@ -201,7 +165,7 @@ fn main() {
         },
     );
     let w = f32_mat(shape.c_in, shape.c_out);
-    let x1 = activations(1, shape.c_in);
+    let x1 = activations(1, shape.c_in, 3);
     let x1m = Mat::from_fn(1, shape.c_in, |_, j| x1[j]);
     let mut y1 = vec![0.0f32; shape.c_out];
     let mut y1m = Mat::<f32>::zeros(1, shape.c_out);

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
 use skillzip_format::bundle::Bundle;
-use skillzip_lm::model::{LinearHook, Llama, Logits, NoHook};
+use skillzip_lm::divergence::{kl_divergence, log_prob_rows};
+use skillzip_lm::model::{LinearHook, Llama, NoHook};
 use skillzip_lm::skillpack::bundle_model;
 
 use crate::inputs::{
@@ -28,30 +28,8 @@ pub struct Args {
     pub prompts: PromptSource,
 }
 
-/// Per-position log-softmax rows of `[1, T, V]` logits, as f64.
 fn log_probs(model: &Llama, ids: &[u32], hook: &mut dyn LinearHook) -> CliResult<Vec<Vec<f64>>> {
-    let t =
-        Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).map_err(|e| e.to_string())?;
-    let logits = model
-        .forward(&t, None, Logits::All, hook)
-        .map_err(|e| e.to_string())?;
-    let rows: Vec<Vec<f32>> = logits
-        .squeeze(0)
-        .and_then(|l| l.to_vec2())
-        .map_err(|e| e.to_string())?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let z = r.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln() + max;
-            r.iter().map(|v| *v as f64 - z).collect()
-        })
-        .collect())
-}
-
-/// KL(p ‖ q) of two log-probability rows.
-fn kl(p: &[f64], q: &[f64]) -> f64 {
-    p.iter().zip(q).map(|(a, b)| a.exp() * (a - b)).sum()
+    log_prob_rows(model, ids, hook).map_err(|e| e.to_string())
 }
 
 fn argmax(v: &[f64]) -> usize {
@@ -93,9 +71,9 @@ pub fn run(a: Args, quiet: bool) -> CliResult<()> {
             let sh = log_probs(&shared, p, &mut NoHook)?;
             for i in 0..t.len() {
                 n += 1;
-                kl_base += kl(&t[i], &b[i]);
-                kl_pack += kl(&t[i], &s[i]);
-                kl_shared += kl(&t[i], &sh[i]);
+                kl_base += kl_divergence(&t[i], &b[i]);
+                kl_pack += kl_divergence(&t[i], &s[i]);
+                kl_shared += kl_divergence(&t[i], &sh[i]);
                 let top = argmax(&t[i]);
                 agree_base += usize::from(argmax(&b[i]) == top);
                 agree_pack += usize::from(argmax(&s[i]) == top);

@@ -2,7 +2,7 @@
 //! backbone alone and through the backbone plus skillpacks (rows spread round-robin over
 //! them), step for step in alternation, on a real checkpoint.
 //!
-//!     cargo run --release -p serve-min --example decode_overhead -- MODEL.gguf \
+//!     cargo run --release -p skillzip-benches --bin decode_overhead -- MODEL.gguf \
 //!         [--skills 5] [--rank 64] [--batches 1,4,16] [--steps 24] [--prompt 64]
 //!
 //! The skillpacks carry random X8A8B8 factors on every linear of every block: the cost of the
@@ -13,8 +13,9 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use skillzip_benches::{decode_cache, median};
 use skillzip_lm::checkpoint::{Checkpoint, LinearKind};
-use skillzip_lm::model::{KvCache, LinearHook, Llama, Logits, NoHook};
+use skillzip_lm::model::{LinearHook, Llama, Logits, NoHook};
 use skillzip_lm::skillpack::{SkillpackSet, random_skillpack};
 
 fn main() {
@@ -104,8 +105,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|");
     for &batch in &o.batches {
         let rows: Vec<Option<usize>> = (0..batch).map(|r| Some(r % o.skills)).collect();
-        let mut plain = prefill(&model, &rows, o.prompt, None)?;
-        let mut packed = prefill(&model, &rows, o.prompt, Some(&mut set))?;
+        let mut plain = decode_cache(&model, &rows, o.prompt, None)?;
+        let mut packed = decode_cache(&model, &rows, o.prompt, Some(&mut set))?;
         set.assign_rows(&rows)?;
         let mut times = (Vec::new(), Vec::new(), Vec::new());
         let next = Tensor::from_vec(vec![42u32; batch], (batch, 1), &Device::Cpu)?;
@@ -134,33 +135,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A continuous cache holding one copy of a fixed prompt per row, each prefilled alone
-/// through its row's skillpack (`set`) or the backbone alone.
-fn prefill(
-    model: &Llama,
-    rows: &[Option<usize>],
-    prompt: usize,
-    mut set: Option<&mut SkillpackSet>,
-) -> Result<KvCache, Box<dyn std::error::Error>> {
-    let vocab = model.config().vocab_size as u32;
-    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 131 + 7) % vocab).collect();
-    let mut cache = KvCache::continuous();
-    for skill in rows {
-        let mut row = KvCache::new();
-        let t = Tensor::from_vec(ids.clone(), (1, prompt), &Device::Cpu)?;
-        let hook: &mut dyn LinearHook = match set.as_deref_mut() {
-            Some(set) => {
-                set.assign_rows(&[*skill])?;
-                set
-            }
-            None => &mut NoHook,
-        };
-        model.forward(&t, Some(&mut row), Logits::Last, hook)?;
-        cache.join(row)?;
-    }
-    Ok(cache)
-}
-
 /// The skillpack set, timing the calls that add its output (the rest of the step is the
 /// backbone's own work plus the adds).
 struct Timed<'a> {
@@ -180,9 +154,4 @@ impl LinearHook for Timed<'_> {
         self.ms += t.elapsed().as_secs_f64() * 1e3;
         y
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
