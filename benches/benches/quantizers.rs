@@ -1,9 +1,9 @@
 //! The quantizers, measured in the same run as their plain-f32 anchors:
 //!
-//! - `activation_row/<C_i>`: smoothing + per-token INT8 quantization of one activation row
-//!   (the reference `quant::quantize_activation_row` and the fast kernel's path inside a T=1
-//!   call are what decode pays before the first GEMM) against one f32 pass over the row
-//!   (`x ⊙ s⁻¹` into a buffer: the memory traffic any quantizer must make).
+//! - `activation_row/<C_i>`: smoothing + per-token INT8 quantization of one activation row by
+//!   the reference `quant::quantize_activation_row` against one f32 pass over the row
+//!   (`x ⊙ s⁻¹` into a buffer: the memory traffic any quantizer must make). The SIMD
+//!   quantizers of the fast kernels run inside a call and are timed with it (`kernels`).
 //! - `truncate/<R>`: the integer-only i32→i8 truncation of a rank-`R` intermediate.
 //! - `weights/<shape>_r<R>`: RTN and GPTQ (low-rank path over 1024 calibration rows) of the
 //!   `Â` factor (`R × C_i`) of the paper's shapes at INT8 and INT4.

@@ -4,8 +4,8 @@
 //! after a 64-token prompt. Each iteration decodes from a copy of the same cache (the copy is
 //! set-up, not measured). The issue-7 target: the skillpacks add ≤ 15 % to a step.
 //!
-//! Needs the model: `SKILLZIP_SMOLLM2_GGUF=$(scripts/fetch-smollm2.sh)`; without it the bench
-//! prints `skipped: model not present` and measures nothing. The load-test side of serving
+//! Needs the model (`scripts/fetch-smollm2.sh`, or `SKILLZIP_SMOLLM2_GGUF`); without it the
+//! bench prints `skipped: model not present` and measures nothing. The load-test side of serving
 //! (rates, latency CDFs, the separate-models baseline) is the report's serving study.
 
 use std::time::Duration;
@@ -22,11 +22,12 @@ const RANK: usize = 64;
 const PROMPT: usize = 64;
 
 fn benches(c: &mut Criterion) {
-    let Some(path) = std::env::var_os("SKILLZIP_SMOLLM2_GGUF").filter(|p| !p.is_empty()) else {
-        eprintln!("skipped: model not present (set SKILLZIP_SMOLLM2_GGUF)");
+    let path = skillzip_lm::smollm2_path();
+    if !path.exists() {
+        eprintln!("skipped: model not present ({})", path.display());
         return;
-    };
-    let ckpt = Checkpoint::open(std::path::Path::new(&path)).expect("the model opens");
+    }
+    let ckpt = Checkpoint::open(&path).expect("the model opens");
     let config = ckpt.config().clone();
     let model = Llama::from_checkpoint(&ckpt).expect("the model loads");
     let every_linear: Vec<(usize, LinearKind)> = (0..config.num_hidden_layers)

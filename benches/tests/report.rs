@@ -47,6 +47,12 @@ fn two_weave_runs_make_one_real_delta_table() {
     let root = temp_dir("real");
     let (first, second, out) = (root.join("a"), root.join("b"), root.join("out"));
     std::fs::create_dir_all(&out).unwrap();
+    for run in [&first, &second] {
+        write(
+            &run.join("base.json"),
+            json!({"source": "b.gguf", "fingerprint": "f0"}),
+        );
+    }
     // Run a: base, target and BitDelta on two skills; 1000 linear parameters.
     write(
         &first.join("results.json"),
@@ -138,6 +144,13 @@ fn two_weave_runs_make_one_real_delta_table() {
     assert_eq!(row("bitdelta")[col("kl_from_tuned")], "-");
     let md = std::fs::read_to_string(out.join(report::MARKDOWN)).unwrap();
     assert!(md.contains("](./pareto_real_error.png)"), "{md}");
+    // A run made from another base model does not extend the first.
+    write(
+        &second.join("base.json"),
+        json!({"source": "b.gguf", "fingerprint": "f1"}),
+    );
+    let err = fidelity::real(&ctx, &inputs, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("another base model"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -153,6 +166,10 @@ fn a_directory_that_is_not_a_weave_run_is_refused() {
     let ctx = ctx(&root);
     let err = fidelity::real(&ctx, &inputs, &mut |_| {}).unwrap_err();
     assert!(matches!(err, ReportError::Io { .. }), "{err}");
+    write(
+        &root.join("base.json"),
+        json!({"source": "b.gguf", "fingerprint": "f0"}),
+    );
     write(&root.join("results.json"), json!({"cells": "nope"}));
     let err = fidelity::real(&ctx, &inputs, &mut |_| {}).unwrap_err();
     assert!(matches!(err, ReportError::Input(_)), "{err}");

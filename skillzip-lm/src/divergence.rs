@@ -32,7 +32,15 @@ pub fn log_softmax(row: &[f32]) -> Vec<f64> {
 }
 
 /// `KL(p ‖ q)` of two log-probability rows of the same vocabulary.
+///
+/// # Panics
+/// If the rows differ in length (distributions over different vocabularies).
 pub fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
+    assert_eq!(
+        p.len(),
+        q.len(),
+        "KL of distributions over different vocabularies"
+    );
     p.iter().zip(q).map(|(a, b)| a.exp() * (a - b)).sum()
 }
 

@@ -42,10 +42,12 @@ pub fn smollm2_path() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("SKILLZIP_SMOLLM2_GGUF").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("SKILLZIP_CACHE")
+    // Set-but-empty counts as unset, as `${X:-…}` in the fetch script.
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let cache = var("SKILLZIP_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("skillzip")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/skillzip")))
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("skillzip")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/skillzip")))
         .unwrap_or_else(|| PathBuf::from(".cache/skillzip"));
     cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }

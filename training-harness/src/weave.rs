@@ -899,7 +899,7 @@ fn check_run_dir(run: &Path, cfg: &WeaveConfig) -> Result<()> {
 /// The base model's fingerprint: [`skillzip_format::digest::BackboneHasher`] over every
 /// tensor of the checkpoint as f32, read one tensor at a time. Two checkpoints with the same
 /// values have the same fingerprint, whatever their file format.
-fn base_fingerprint(base: &Checkpoint) -> Result<String> {
+pub fn base_fingerprint(base: &Checkpoint) -> Result<String> {
     let mut hasher = skillzip_format::digest::BackboneHasher::new();
     for (name, shape, _) in tensor_specs(base.config()) {
         if !base.contains(&name) {
@@ -913,12 +913,12 @@ fn base_fingerprint(base: &Checkpoint) -> Result<String> {
 }
 
 /// The base model a run directory was made from (`base.json`).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct BaseRecord {
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaseRecord {
     /// Where it was read from (informative: the same model may move).
-    source: String,
+    pub source: String,
     /// [`base_fingerprint`].
-    fingerprint: String,
+    pub fingerprint: String,
 }
 
 /// Refuses to continue a run directory made from another base model: its fine-tunes,

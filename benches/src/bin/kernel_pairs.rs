@@ -21,9 +21,9 @@ use skillzip_core::seeded_rng;
 /// Runs `pairs` rounds of kernel and anchor back to back (order alternating) and prints
 /// `| case | anchor | median kernel | median anchor | median of kernel/anchor |`.
 fn pair(case: &str, anchor: &str, pairs: usize, kernel: &mut dyn FnMut(), base: &mut dyn FnMut()) {
-    let r = round_robin(pairs, &mut [kernel, base]);
-    // round_robin's ratios are to the first contender; kernel ÷ anchor is the inverse (the
-    // median of an odd count commutes with it).
+    // round_robin's ratios are to the first contender; kernel ÷ anchor is the inverse, and
+    // the median of an odd count commutes with it.
+    let r = round_robin(pairs | 1, &mut [kernel, base]);
     println!(
         "| {case} | {anchor} | {:.1} µs | {:.1} µs | {:.2}× |",
         r.seconds[0] * 1e6,

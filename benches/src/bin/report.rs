@@ -108,6 +108,17 @@ fn run(cli: Cli) -> Result<(), ReportError> {
         path: out.clone(),
         source,
     })?;
+    // A manifest left by an earlier report would let `--check` approve its files after this
+    // run failed; the new one is written last.
+    match std::fs::remove_file(out.join(report::MANIFEST)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ReportError::Io {
+                path: out.join(report::MANIFEST),
+                source: e,
+            });
+        }
+        _ => {}
+    }
     let base = cli.base.clone().unwrap_or_else(skillzip_lm::smollm2_path);
     let needs_model = wants("serving") || (wants("fidelity") && !cli.runs.is_empty());
     if needs_model && !base.exists() {
@@ -160,11 +171,12 @@ fn run(cli: Cli) -> Result<(), ReportError> {
         sections.push((serving::STUDY, section));
     }
     let markdown = report::finish(&ctx, &sections)?;
+    // Checked before BENCHMARKS.md is touched, so a bad report never lands there.
+    let files = report::check(&out, &[])?;
     if let Some(md) = &cli.benchmarks_md {
         report::update_benchmarks(md, &ctx, &markdown)?;
         eprintln!("report: wrote the report section of {}", md.display());
     }
-    let files = report::check(&out, &[])?;
     eprintln!(
         "report: {} files in {} after {:.0} s (checked)",
         files.len() + 2,
@@ -174,13 +186,16 @@ fn run(cli: Cli) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// The command as typed, for every figure's footer.
+/// The command as typed, for every figure's footer; a build with debug assertions (the dev
+/// or test profile, as CI uses) says so, since its timings mean nothing.
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    format!(
-        "cargo run --release -p skillzip-benches --bin report -- {}",
-        args.join(" ")
-    )
-    .trim_end()
-    .to_string()
+    let build = if cfg!(debug_assertions) {
+        "cargo run -p skillzip-benches --bin report (debug-assertions build: timings not representative)"
+    } else {
+        "cargo run --release -p skillzip-benches --bin report"
+    };
+    format!("{build} -- {}", args.join(" "))
+        .trim_end()
+        .to_string()
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use skillzip_core::study::{self, StudyCase};
 use skillzip_format::bundle::Bundle;
 use skillzip_harness::eval::Accuracy;
-use skillzip_harness::weave::{EvalRecord, WeaveReport};
+use skillzip_harness::weave::{BaseRecord, EvalRecord, WeaveReport, base_fingerprint};
 use skillzip_lm::baseline::BaselineReport;
 use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::divergence::{kl_divergence, log_prob_rows};
@@ -145,8 +145,11 @@ pub fn synthetic(ctx: &Context, progress: &mut dyn FnMut(&str)) -> Result<Sectio
 #[derive(Debug, Clone)]
 pub struct RealInputs {
     /// `skillzip weave` run directories, read in order: a configuration already seen in an
-    /// earlier run is taken from that one (so a second run holding only extra methods, with
-    /// the same trained skills, extends the first).
+    /// earlier run is taken from that one, so a second run holding only extra methods extends
+    /// the first. Runs must share the base model (`base.json`) and its shapes; that a later
+    /// run's methods compressed the same fine-tunes (as `weave` does when it reuses them) is
+    /// the caller's to ensure: fine-tunes, their answers and `base`/`target` come from the
+    /// runs that evaluated them first.
     pub runs: Vec<PathBuf>,
     /// The base checkpoint the runs were made from.
     pub base: PathBuf,
@@ -161,7 +164,7 @@ pub struct RealInputs {
 struct Config {
     name: String,
     run: PathBuf,
-    /// Per skill, in the run's skill order.
+    /// Accuracy per skill (by name).
     accuracy: BTreeMap<String, Accuracy>,
     bytes: BTreeMap<String, u64>,
 }
@@ -196,8 +199,8 @@ fn skillpack_errors(bundle: &Bundle, skill: &str) -> Result<(Option<f64>, Option
     Ok((mean(&|r| r.rel_output_error), mean(&|r| r.rel_weight_error)))
 }
 
-/// One skill's held-out answers of the fine-tuned model, as token ids with the index where
-/// the answer starts.
+/// One skill's held-out answers of the fine-tuned model, as token ids (prompt + answer, at
+/// most `max_tokens`) with the index where the answer starts (always ≥ 1 and < the length).
 fn answer_sequences(
     run: &Path,
     skill: &str,
@@ -221,8 +224,12 @@ fn answer_sequences(
         let mut ids = skillzip_harness::selfgen::encode_prompt(tok, &a.prompt)
             .map_err(|e| fail(e.to_string()))?;
         let start = ids.len();
+        // A prompt that leaves no room for an answer token within `max_tokens` is skipped.
+        if start == 0 || start >= max_tokens {
+            continue;
+        }
         ids.extend(tok.encode(&a.answer).map_err(|e| fail(e.to_string()))?);
-        ids.truncate(max_tokens.max(start + 1));
+        ids.truncate(max_tokens);
         if ids.len() > start {
             out.push((ids, start));
         }
@@ -242,16 +249,14 @@ fn answer_rows(
     Ok(rows[start - 1..].to_vec())
 }
 
-/// Mean `KL(tuned ‖ other)` over every answer position.
-fn mean_kl(tuned: &[Vec<Vec<f64>>], other: &[Vec<Vec<f64>>]) -> f64 {
-    let (mut sum, mut n) = (0.0, 0usize);
-    for (t, o) in tuned.iter().zip(other) {
-        for (p, q) in t.iter().zip(o) {
-            sum += kl_divergence(p, q);
-            n += 1;
-        }
-    }
-    sum / n.max(1) as f64
+/// Mean `KL(tuned ‖ other)` over every answer position (`None` without any).
+fn mean_kl(tuned: &[Vec<Vec<f64>>], other: &[Vec<Vec<f64>>]) -> Option<f64> {
+    mean(
+        tuned
+            .iter()
+            .zip(other)
+            .flat_map(|(t, o)| t.iter().zip(o).map(|(p, q)| kl_divergence(p, q))),
+    )
 }
 
 /// Runs the real-delta study over `inputs.runs` and writes `fidelity_real.csv` (one row per
@@ -262,9 +267,29 @@ pub fn real(ctx: &Context, inputs: &RealInputs, progress: &mut dyn FnMut(&str)) 
     let mut configs: Vec<Config> = Vec::new();
     let mut skills: Vec<String> = Vec::new();
     let mut linear_params = 0u64;
+    let mut fingerprint: Option<String> = None;
     for run in &inputs.runs {
         let report: WeaveReport = read_json(&run.join("results.json"))?;
-        linear_params = linear_params.max(report.linear_params);
+        // Runs extend each other only when they come from the same base model and shapes.
+        let base: BaseRecord = read_json(&run.join("base.json"))?;
+        match &fingerprint {
+            Some(f) if *f != base.fingerprint => {
+                return Err(ReportError::Input(format!(
+                    "{}: made from another base model than {}",
+                    run.display(),
+                    inputs.runs[0].display()
+                )));
+            }
+            _ => fingerprint = Some(base.fingerprint),
+        }
+        if linear_params != 0 && report.linear_params != linear_params {
+            return Err(ReportError::Input(format!(
+                "{}: {} linear parameters, the first run has {linear_params}",
+                run.display(),
+                report.linear_params
+            )));
+        }
+        linear_params = report.linear_params;
         for cell in &report.cells {
             if !skills.contains(&cell.skill) {
                 skills.push(cell.skill.clone());
@@ -328,14 +353,13 @@ pub fn real(ctx: &Context, inputs: &RealInputs, progress: &mut dyn FnMut(&str)) 
         for skill in &skills {
             let m = measured.entry((c.name.clone(), skill.clone())).or_default();
             if let Some(bundle) = bundles.get(&c.name) {
-                (m.rel_output_error, m.rel_weight_error) = skillpack_errors(bundle, skill)?;
+                if bundle.manifest().skillpack(skill).is_some() {
+                    (m.rel_output_error, m.rel_weight_error) = skillpack_errors(bundle, skill)?;
+                }
             } else if baseline_dir.join(format!("{skill}.json")).exists() {
                 let b: BaselineReport = read_json(&baseline_dir.join(format!("{skill}.json")))?;
-                let n = b.layers.len().max(1) as f64;
-                m.rel_output_error =
-                    Some(b.layers.iter().map(|l| l.rel_output_error).sum::<f64>() / n);
-                m.rel_weight_error =
-                    Some(b.layers.iter().map(|l| l.rel_weight_error).sum::<f64>() / n);
+                m.rel_output_error = mean(b.layers.iter().map(|l| l.rel_output_error));
+                m.rel_weight_error = mean(b.layers.iter().map(|l| l.rel_weight_error));
             }
         }
     }
@@ -346,17 +370,30 @@ pub fn real(ctx: &Context, inputs: &RealInputs, progress: &mut dyn FnMut(&str)) 
         let base_ckpt = Checkpoint::open(&inputs.base)
             .map_err(|e| ReportError::Input(format!("{}: {e}", inputs.base.display())))?;
         let tok = Tokenizer::of_checkpoint(&base_ckpt).map_err(|e| fail(e.to_string()))?;
+        let got = base_fingerprint(&base_ckpt).map_err(|e| fail(e.to_string()))?;
+        if Some(&got) != fingerprint.as_ref() {
+            return Err(ReportError::Input(format!(
+                "{}: not the base model the runs were made from",
+                inputs.base.display()
+            )));
+        }
         let base_model = Llama::from_checkpoint(&base_ckpt).map_err(|e| fail(e.to_string()))?;
-        let first_run = &configs
+        // The fine-tunes and their answers come from the run that evaluated `target`.
+        let target_run = &configs
             .iter()
             .find(|c| c.name == "target")
             .expect("checked")
             .run;
         for skill in &skills {
             progress(&format!("KL on {skill}: the fine-tune and the base"));
-            let seqs =
-                answer_sequences(first_run, skill, &tok, inputs.kl_answers, inputs.max_tokens)?;
-            let tuned_dir = first_run.join(skill).join("model");
+            let seqs = answer_sequences(
+                target_run,
+                skill,
+                &tok,
+                inputs.kl_answers,
+                inputs.max_tokens,
+            )?;
+            let tuned_dir = target_run.join(skill).join("model");
             let tuned_ckpt = Checkpoint::open(&tuned_dir)
                 .map_err(|e| ReportError::Input(format!("{}: {e}", tuned_dir.display())))?;
             let tuned = Llama::from_checkpoint(&tuned_ckpt).map_err(|e| fail(e.to_string()))?;
@@ -369,8 +406,13 @@ pub fn real(ctx: &Context, inputs: &RealInputs, progress: &mut dyn FnMut(&str)) 
                 .iter()
                 .map(|s| answer_rows(&base_model, s, &mut NoHook))
                 .collect::<Result<Vec<_>>>()?;
-            kl_base.insert(skill.clone(), mean_kl(&tuned_rows, &base_rows));
+            if let Some(kl) = mean_kl(&tuned_rows, &base_rows) {
+                kl_base.insert(skill.clone(), kl);
+            }
             for (name, bundle) in &bundles {
+                if bundle.manifest().skillpack(skill).is_none() {
+                    continue;
+                }
                 progress(&format!("KL on {skill}: {name}"));
                 let (model, hook) = bundle_model(&base_ckpt, bundle, Some(skill))
                     .map_err(|e| ReportError::Input(format!("bundle-{name}: {e}")))?;
@@ -380,7 +422,7 @@ pub fn real(ctx: &Context, inputs: &RealInputs, progress: &mut dyn FnMut(&str)) 
                     .map(|s| answer_rows(&model, s, &mut hook))
                     .collect::<Result<Vec<_>>>()?;
                 let m = measured.entry((name.clone(), skill.clone())).or_default();
-                m.kl = Some(mean_kl(&tuned_rows, &rows));
+                m.kl = mean_kl(&tuned_rows, &rows);
             }
         }
     }
@@ -497,16 +539,21 @@ fn write_real(
             }
         })
         .collect();
-    // Gain kept, pooled over skills: (mean − base mean) / (target mean − base mean); a mean
-    // of per-skill shares would be dominated by skills whose gain is within noise.
-    let pooled = |name: &str| {
-        rows.iter()
-            .find(|r| r.name == name)
-            .and_then(|r| r.accuracy)
-    };
-    if let (Some(b), Some(t)) = (pooled("base"), pooled("target")) {
-        for r in &mut rows {
-            r.gain_kept = r.accuracy.filter(|_| t != b).map(|a| (a - b) / (t - b));
+    // Gain kept, pooled over the skills a configuration, base and target all have:
+    // (mean − base mean) / (target mean − base mean); a mean of per-skill shares would be
+    // dominated by skills whose gain is within noise.
+    for (r, c) in rows.iter_mut().zip(configs) {
+        let common: Vec<&String> = skills
+            .iter()
+            .filter(|s| {
+                [c, base, target]
+                    .iter()
+                    .all(|k| k.accuracy.contains_key(*s))
+            })
+            .collect();
+        let over = |k: &Config| mean(common.iter().filter_map(|s| rate(k, s)));
+        if let (Some(m), Some(b), Some(t)) = (over(c), over(base), over(target)) {
+            r.gain_kept = (t != b).then(|| (m - b) / (t - b));
         }
     }
     let kl_tuned_base = mean(kl_base.values().copied());
@@ -578,14 +625,19 @@ fn write_real(
         legend: super::plot::Corner::UpperRight,
     };
     let mut acc_series = series(&|r| r.accuracy);
-    let span = rows
-        .iter()
-        .filter_map(|r| r.bits)
-        .fold((f64::MAX, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
+    let bits: Vec<f64> = rows.iter().filter_map(|r| r.bits).collect();
+    let span = (
+        bits.iter().copied().fold(f64::INFINITY, f64::min),
+        bits.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
     for (i, (name, row)) in [("target (fine-tune)", "target"), ("base", "base")]
         .into_iter()
         .enumerate()
     {
+        // Reference lines across the methods' storage range, where there is one.
+        if bits.is_empty() {
+            break;
+        }
         if let Some(a) = rows.iter().find(|r| r.name == row).and_then(|r| r.accuracy) {
             acc_series.push(
                 Series::line(name, vec![(span.0, a), (span.1, a)])
@@ -662,4 +714,33 @@ fn write_real(
         "\nPer-skill accuracy with Wilson intervals, gain kept and KL: `fidelity_real_skills.csv`.\n",
     );
     Ok(Section { markdown: md })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skillzip_lm::config::LlamaConfig;
+
+    #[test]
+    fn answer_rows_are_the_distributions_of_the_answer_tokens() {
+        let model = Llama::random(LlamaConfig::tiny(), 3, 1.0).unwrap();
+        let ids = vec![1u32, 5, 7, 9, 11, 13];
+        let start = 2;
+        let rows = answer_rows(&model, &(ids.clone(), start), &mut NoHook).unwrap();
+        // One row per answer token: row k is the distribution after ids[..start + k].
+        assert_eq!(rows.len(), ids.len() - start);
+        let full = log_prob_rows(&model, &ids, &mut NoHook).unwrap();
+        for (k, row) in rows.iter().enumerate() {
+            for (a, b) in row.iter().zip(&full[start - 1 + k]) {
+                assert!((a - b).abs() < 1e-4, "row {k}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn kl_over_no_positions_is_not_zero_but_absent() {
+        assert_eq!(mean_kl(&[], &[]), None);
+        let rows = || vec![vec![0.5f64.ln(), 0.5f64.ln()]];
+        assert_eq!(mean_kl(&[rows()], &[rows()]), Some(0.0));
+    }
 }

@@ -48,6 +48,8 @@ struct Plan {
     gen_tokens: usize,
     requests: usize,
     rates: Vec<f64>,
+    /// Longest one request may take before the study fails.
+    request_timeout: Duration,
 }
 
 fn plan(preset: Preset) -> Plan {
@@ -59,6 +61,7 @@ fn plan(preset: Preset) -> Plan {
             gen_tokens: 8,
             requests: 8,
             rates: vec![1.0],
+            request_timeout: Duration::from_secs(120),
         },
         Preset::Full => Plan {
             random_skills: 4,
@@ -67,6 +70,7 @@ fn plan(preset: Preset) -> Plan {
             gen_tokens: 32,
             requests: 40,
             rates: vec![0.25, 0.5, 1.0, 1.5],
+            request_timeout: Duration::from_secs(900),
         },
     }
 }
@@ -171,16 +175,16 @@ fn measure(loaded: Loaded, plan: &Plan, progress: &mut dyn FnMut(&str)) -> Resul
                 skills: mix.clone(),
                 token_range: (256, 4096),
                 seed: i as u64,
-                timeout: Duration::from_secs(900),
+                timeout: plan.request_timeout,
                 cancel_fraction: 0.0,
                 malformed_fraction: 0.0,
             };
             let report = bench::run(&config).await.map_err(fail)?;
-            if report.failed > 0 {
+            if report.completed != report.requests {
                 let why = report.records.iter().find_map(|r| r.error.clone());
                 return Err(fail(format!(
-                    "{} of {} requests failed at {rate} req/s: {}",
-                    report.failed,
+                    "{} of {} requests completed at {rate} req/s: {}",
+                    report.completed,
                     report.requests,
                     why.unwrap_or_default()
                 )));
@@ -191,6 +195,15 @@ fn measure(loaded: Loaded, plan: &Plan, progress: &mut dyn FnMut(&str)) -> Resul
         server.await.map_err(fail)?.map_err(fail)?;
         Ok(reports)
     })
+}
+
+/// A directory removed when dropped.
+struct Scratch<'a>(&'a std::path::Path);
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
 }
 
 /// The empirical CDF of sorted `values` as a step line: up by `1/n` at each value.
@@ -216,6 +229,9 @@ pub fn run(
     for mode in MODES {
         progress(&format!("{mode}: loading"));
         let parts = parts(inputs, &plan)?;
+        // The baseline's merged models (a full model per skill) go when this scope ends,
+        // whether the study succeeds or not.
+        let _scratch = Scratch(&inputs.scratch);
         let loaded = if mode == MODES[0] {
             load::shared(parts, &inputs.base).map_err(fail)?
         } else {
@@ -227,9 +243,7 @@ pub fn run(
         };
         models = loaded.skills.join(", ");
         let mut tagged = |line: &str| progress(&format!("{mode}: {line}"));
-        let reports = measure(loaded, &plan, &mut tagged);
-        let _ = std::fs::remove_dir_all(&inputs.scratch);
-        results.push((mode, reports?));
+        results.push((mode, measure(loaded, &plan, &mut tagged)?));
     }
 
     let mut summary = Table::new(&[

@@ -181,7 +181,7 @@ pub fn parse_csv(text: &str) -> Result<Table, CsvError> {
     Ok(table)
 }
 
-/// `v` with `digits` significant decimals after the point, or `-` when not finite.
+/// `v` with `digits` decimal places, or `-` when not finite.
 pub fn num(v: f64, digits: usize) -> String {
     if v.is_finite() {
         format!("{v:.digits$}")
