@@ -21,24 +21,17 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use rand::RngExt;
 use skillzip_benches::{
     Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, SMOLLM_SHAPES, Shape, activations,
-    packed_layer as packed, stream_read,
+    f32_matrix, packed_layer as packed, stream_read,
 };
 use skillzip_core::kernels::{Isa, Kernel, KernelScratch, PackedLayer};
-use skillzip_core::seeded_rng;
 
 fn enabled(group: &str) -> bool {
     match std::env::var("SKILLZIP_BENCH_KERNELS") {
         Ok(list) if !list.is_empty() => list.split(',').any(|g| g.trim() == group),
         _ => true,
     }
-}
-
-fn f32_matrix(rows: usize, cols: usize, seed: u64) -> Mat<f32> {
-    let mut rng = seeded_rng(seed);
-    Mat::from_fn(rows, cols, |_, _| rng.random_range(-0.05f32..0.05))
 }
 
 fn cold_packs(shape: Shape, rank: usize) -> Cold<PackedLayer> {

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use skillzip_benches::decode_cache;
-use skillzip_lm::checkpoint::{Checkpoint, LinearKind};
+use skillzip_benches::{decode_cache, random_skillpacks};
+use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::model::{LinearHook, Llama, Logits, NoHook};
-use skillzip_lm::skillpack::{SkillpackSet, random_skillpack};
+use skillzip_lm::skillpack::SkillpackSet;
 
 const SKILLS: usize = 5;
 const RANK: usize = 64;
@@ -30,20 +30,8 @@ fn benches(c: &mut Criterion) {
     let ckpt = Checkpoint::open(&path).expect("the model opens");
     let config = ckpt.config().clone();
     let model = Llama::from_checkpoint(&ckpt).expect("the model loads");
-    let every_linear: Vec<(usize, LinearKind)> = (0..config.num_hidden_layers)
-        .flat_map(|l| LinearKind::ALL.map(|k| (l, k)))
-        .collect();
     let mut set = SkillpackSet::new(&config);
-    for k in 0..SKILLS {
-        let pack = random_skillpack(
-            &format!("skill{k}"),
-            &config,
-            &every_linear,
-            RANK,
-            "",
-            k as u64,
-        )
-        .expect("random skillpack");
+    for pack in random_skillpacks(&config, SKILLS, RANK, "", 0).expect("random skillpacks") {
         set.insert(&pack).expect("fits the model");
     }
     for batch in [1usize, 4, 16] {

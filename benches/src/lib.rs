@@ -176,6 +176,42 @@ pub fn activations(t: usize, c_in: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// An f32 `rows × cols` matrix uniform in `[-0.05, 0.05)`, seeded: the weights of the dense
+/// and low-rank f32 baselines.
+pub fn f32_matrix(rows: usize, cols: usize, seed: u64) -> Mat<f32> {
+    use rand::RngExt;
+    let mut rng = skillzip_core::seeded_rng(seed);
+    Mat::from_fn(rows, cols, |_, _| rng.random_range(-0.05f32..0.05))
+}
+
+/// `count` skillpacks `skill0, skill1, …` of random X8A8B8 layers of rank `rank` on every
+/// linear of a model of `config`, naming backbone `backbone_hash`; skill `k` is seeded
+/// `seed + k` (serving cost depends on shapes and rank, not on what a skillpack learned).
+pub fn random_skillpacks(
+    config: &skillzip_lm::config::LlamaConfig,
+    count: usize,
+    rank: usize,
+    backbone_hash: &str,
+    seed: u64,
+) -> skillzip_lm::error::Result<Vec<skillzip_format::skillpack::Skillpack>> {
+    use skillzip_lm::checkpoint::LinearKind;
+    let every_linear: Vec<(usize, LinearKind)> = (0..config.num_hidden_layers)
+        .flat_map(|l| LinearKind::ALL.map(|k| (l, k)))
+        .collect();
+    (0..count)
+        .map(|k| {
+            skillzip_lm::skillpack::random_skillpack(
+                &format!("skill{k}"),
+                config,
+                &every_linear,
+                rank,
+                backbone_hash,
+                seed + k as u64,
+            )
+        })
+        .collect()
+}
+
 /// Seconds one call of `f` takes.
 pub fn time(f: &mut dyn FnMut()) -> f64 {
     let start = std::time::Instant::now();

@@ -13,10 +13,10 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use skillzip_benches::{decode_cache, median};
+use skillzip_benches::{decode_cache, median, random_skillpacks};
 use skillzip_lm::checkpoint::{Checkpoint, LinearKind};
 use skillzip_lm::model::{LinearHook, Llama, Logits, NoHook};
-use skillzip_lm::skillpack::{SkillpackSet, random_skillpack};
+use skillzip_lm::skillpack::SkillpackSet;
 
 fn main() {
     if let Err(e) = run() {
@@ -80,20 +80,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let ckpt = Checkpoint::open(&o.model)?;
     let config = ckpt.config().clone();
     let model = Llama::from_checkpoint(&ckpt)?;
-    let every_linear: Vec<(usize, LinearKind)> = (0..config.num_hidden_layers)
-        .flat_map(|l| LinearKind::ALL.map(|k| (l, k)))
-        .collect();
     let mut set = SkillpackSet::new(&config);
-    for k in 0..o.skills {
-        let name = format!("skill{k}");
-        let pack = random_skillpack(&name, &config, &every_linear, o.rank, "", k as u64)?;
+    for pack in random_skillpacks(&config, o.skills, o.rank, "", 0)? {
         set.insert(&pack)?;
     }
     println!(
         "{} skillpacks of rank {} on all {} linears; prompt {} tokens; {} step pairs; {}",
         o.skills,
         o.rank,
-        every_linear.len(),
+        config.num_hidden_layers * LinearKind::ALL.len(),
         o.prompt,
         o.steps,
         o.model

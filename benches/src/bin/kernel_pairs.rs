@@ -10,13 +10,11 @@ use std::hint::black_box;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use rand::RngExt;
 use skillzip_benches::{
-    COLD_BYTES, Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, activations,
+    COLD_BYTES, Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, activations, f32_matrix,
     packed_layer as packed, round_robin, stream_read,
 };
 use skillzip_core::kernels::{Kernel, KernelScratch, PackedLayer};
-use skillzip_core::seeded_rng;
 
 /// Runs `pairs` rounds of kernel and anchor back to back (order alternating) and prints
 /// `| case | anchor | median kernel | median anchor | median of kernel/anchor |`.
@@ -126,12 +124,9 @@ fn main() {
     let xm = Mat::from_fn(t, shape.c_in, |i, j| x[i * shape.c_in + j]);
     let one = packed(shape, shape.rank, 1);
     let mut packs = Cold::new(one.weight_bytes(), |_| one.clone());
-    let mut rng = seeded_rng(9);
-    let mut f32_mat =
-        |r: usize, c: usize| Mat::from_fn(r, c, |_, _| rng.random_range(-0.05f32..0.05));
     let (fa, fb) = (
-        f32_mat(shape.c_in, shape.rank),
-        f32_mat(shape.rank, shape.c_out),
+        f32_matrix(shape.c_in, shape.rank, 9),
+        f32_matrix(shape.rank, shape.c_out, 10),
     );
     let mut mid = Mat::<f32>::zeros(t, shape.rank);
     let mut ym = Mat::<f32>::zeros(t, shape.c_out);
@@ -164,7 +159,7 @@ fn main() {
             );
         },
     );
-    let w = f32_mat(shape.c_in, shape.c_out);
+    let w = f32_matrix(shape.c_in, shape.c_out, 11);
     let x1 = activations(1, shape.c_in, 3);
     let x1m = Mat::from_fn(1, shape.c_in, |_, j| x1[j]);
     let mut y1 = vec![0.0f32; shape.c_out];

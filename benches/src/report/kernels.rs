@@ -6,15 +6,14 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use rand::RngExt;
 use skillzip_core::kernels::{Kernel, KernelScratch};
 
 use super::plot::{Axis, Figure, Mark, Series};
 use super::table::{Table, num};
 use super::{Context, Preset, Result, Section};
 use crate::{
-    Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, Shape, activations, packed_layer,
-    round_robin, stream_read,
+    Cold, DECODE_TOKENS, DOWN_PROJ, PREFILL_TOKENS, Q_PROJ, Shape, activations, f32_matrix,
+    packed_layer, round_robin, stream_read,
 };
 
 /// The study's name in the manifest.
@@ -66,16 +65,13 @@ pub fn run(ctx: &Context, progress: &mut dyn FnMut(&str)) -> Result<Section> {
     let kernel = Kernel::detect();
     let mut scratch = KernelScratch::default();
     let mut points = Vec::new();
-    let mut rng = skillzip_core::seeded_rng(9);
     for &shape in &plan.shapes {
         let one = packed_layer(shape, shape.rank, 1);
         let bytes = one.weight_bytes();
         let mut packs = Cold::new(bytes, |_| one.clone());
         let mut floor_packs = Cold::new(bytes, |_| one.clone());
         let dense_bytes = 4 * shape.c_in * shape.c_out;
-        let w = Mat::from_fn(shape.c_in, shape.c_out, |_, _| {
-            rng.random_range(-0.05f32..0.05)
-        });
+        let w = f32_matrix(shape.c_in, shape.c_out, 9);
         let mut dense_w = Cold::new(dense_bytes, |_| w.clone());
         drop(w);
         let tokens: Vec<usize> = DECODE_TOKENS

@@ -13,14 +13,14 @@ use serve_min::bench::{self, BenchConfig, Report, RequestKind};
 use serve_min::engine::{self, EngineConfig};
 use serve_min::load::{self, Loaded, Parts};
 use serve_min::server::{ServerOptions, ServerState, router};
-use skillzip_lm::checkpoint::{Checkpoint, LinearKind};
+use skillzip_lm::checkpoint::Checkpoint;
 use skillzip_lm::model::Llama;
-use skillzip_lm::skillpack::random_skillpack;
 use skillzip_lm::tokenizer::Tokenizer;
 
 use super::plot::{Axis, Figure, Mark, Series};
 use super::table::{Table, num};
 use super::{Context, Preset, ReportError, Result, Section};
+use crate::random_skillpacks;
 
 /// The study's name in the manifest.
 pub const STUDY: &str = "serving";
@@ -96,22 +96,14 @@ fn parts(inputs: &ServingInputs, plan: &Plan) -> Result<Parts> {
     let tokenizer = Tokenizer::of_checkpoint(&ckpt).map_err(fail)?;
     let model = Llama::from_checkpoint(&ckpt).map_err(fail)?;
     let backbone_hash = load::backbone_hash(&model).map_err(fail)?;
-    let every_linear: Vec<(usize, LinearKind)> = (0..config.num_hidden_layers)
-        .flat_map(|l| LinearKind::ALL.map(|k| (l, k)))
-        .collect();
-    let packs = (0..plan.random_skills)
-        .map(|k| {
-            random_skillpack(
-                &format!("skill{k}"),
-                &config,
-                &every_linear,
-                plan.random_rank,
-                &backbone_hash,
-                100 + k as u64,
-            )
-            .map_err(fail)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let packs = random_skillpacks(
+        &config,
+        plan.random_skills,
+        plan.random_rank,
+        &backbone_hash,
+        100,
+    )
+    .map_err(fail)?;
     Ok(Parts {
         model,
         tokenizer,
